@@ -1,0 +1,1 @@
+"""Headwater services: one package per service, plus the `headwater` CLI."""

@@ -1,0 +1,1 @@
+"""`headwater bench …`: throughput of a service against an in-process baseline, same run."""

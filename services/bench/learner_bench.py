@@ -1,0 +1,159 @@
+"""The learner service (consume -> predict -> learn -> produce, checkpoints on) against
+the in-process River and vowpal-wabbit-next loops.
+
+All run on the same stream in the same process run; the figures that matter are the
+ratios, from which the machine's speed cancels out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import vowpal_wabbit_next as vw
+
+from services.learner.app import build_learner
+from services.replay.datasets import dataset_events
+from shared.codec import encode
+from shared.kafka import SafeProducer
+from shared.messages import Event
+from shared.models.river_factory import build_estimator
+from shared.models.vw_model import features_text, vw_args
+from shared.settings import Settings, TopicNames
+from shared.spec import PipelineSpec, parse_spec
+from shared.stack import LocalStack
+from shared.stack.local_stack import pipeline_topics
+
+RIVER_SPEC = """
+name: bench-river
+task: binary
+models:
+  - name: logreg
+    river:
+      pipeline: [river.preprocessing.StandardScaler, river.linear_model.LogisticRegression]
+"""
+VW_SPEC = """
+name: bench-vw
+task: binary
+models:
+  - name: vw
+    vw: {args: "-l 0.5"}
+"""
+
+
+@dataclass
+class LearnerBench:
+    dataset: str
+    events: int
+    river_events_per_s: float
+    river_inprocess_events_per_s: float
+    ratio_river: float
+    vw_events_per_s: float
+    vw_inprocess_events_per_s: float
+    ratio_vw: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench_events(dataset: str, n: int) -> list[Event]:
+    """`n` events: the dataset cycled, with fresh ids and increasing times."""
+    base = list(itertools.islice(dataset_events(dataset, limit=n), n))
+    return [
+        Event(f"b{i:09d}", e.entity, 1_704_067_200.0 + i, e.data, e.label)
+        for i, e in zip(range(n), itertools.cycle(base), strict=False)
+    ]
+
+
+def inprocess_river(spec: PipelineSpec, events: list[Event]) -> float:
+    """The loop a River user writes: predict_one then learn_one, per event."""
+    model = build_estimator(spec.models[0].config, "models[0].river")
+    started = time.perf_counter()
+    for e in events:
+        model.predict_one(e.data)
+        model.learn_one(e.data, e.label)
+    return len(events) / (time.perf_counter() - started)
+
+
+def inprocess_vw(events: list[Event]) -> float:
+    """The loop a vowpal-wabbit-next user writes: parse a text line, predict, learn."""
+    workspace = vw.Workspace(vw_args("-l 0.5", "binary", None))
+    parser = vw.TextFormatParser(workspace)
+    started = time.perf_counter()
+    for e in events:
+        example = parser.parse_line(f"{'1' if e.label else '-1'} {features_text(e.data)}")
+        workspace.predict_one(example)
+        workspace.learn_one(example)
+    return len(events) / (time.perf_counter() - started)
+
+
+def service_rate(
+    spec: PipelineSpec, events: list[Event], say: Callable[[str], None], timeout: float = 600
+) -> float:
+    """Events/s of the learner service on a pre-loaded topic, from first to last record."""
+    topics = TopicNames()
+    with LocalStack(pipeline_topics(topics, 1)) as stack:
+        producer = SafeProducer(stack.bootstrap)
+        for e in events:
+            producer.produce(topics.events, encode(e.to_wire()), e.entity.encode())
+        producer.close()
+        del producer
+        say(f"  {len(events)} events loaded; running the learner service")
+        settings = Settings(
+            kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
+        )
+        service = build_learner(settings, spec)
+        stop = threading.Event()
+        thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while service.core.events_seen == 0:
+            _check(deadline, thread)
+            time.sleep(0.0005)
+        started = time.perf_counter()
+        while service.producer.delivered < len(events):  # every prediction acknowledged
+            _check(deadline, thread)
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        thread.join(30)
+        del service  # its clients go before the stack does
+    return (len(events) - 1) / elapsed
+
+
+def _check(deadline: float, thread: threading.Thread) -> None:
+    if not thread.is_alive():
+        raise RuntimeError("the learner service stopped during the benchmark")
+    if time.monotonic() > deadline:
+        raise TimeoutError("the learner service did not finish the benchmark stream in time")
+
+
+def run_learner_bench(
+    dataset: str = "Phishing", n: int = 20_000, say: Callable[[str], None] = print
+) -> LearnerBench:
+    events = bench_events(dataset, n)
+    river_spec = parse_spec(RIVER_SPEC, "bench")
+    say(f"River StandardScaler | LogisticRegression on {dataset}, {n} events")
+    river_inprocess = inprocess_river(river_spec, events)
+    say(f"  in-process River loop: {river_inprocess:,.0f} events/s")
+    river_service = service_rate(river_spec, events, say)
+    say(f"  learner service:       {river_service:,.0f} events/s")
+    say(f"Vowpal Wabbit (logistic) on {dataset}, {n} events")
+    vw_inprocess = inprocess_vw(events)
+    say(f"  in-process VW loop:    {vw_inprocess:,.0f} events/s")
+    vw_service = service_rate(parse_spec(VW_SPEC, "bench"), events, say)
+    say(f"  learner service:       {vw_service:,.0f} events/s")
+    return LearnerBench(
+        dataset,
+        n,
+        river_service,
+        river_inprocess,
+        river_service / river_inprocess,
+        vw_service,
+        vw_inprocess,
+        vw_service / vw_inprocess,
+    )

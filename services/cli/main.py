@@ -1,0 +1,251 @@
+"""`headwater` — one entry point for services, the local stack, data tools and the demo."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from services.cli.data_cmds import datasets_app, record, replay
+from services.cli.models_cmds import models_app
+from shared.logs import configure_logging
+from shared.settings import load_settings
+
+app = typer.Typer(
+    name="headwater",
+    help="Streaming online learning on Kafka with River models checkpointed to Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.command()(replay)
+app.command()(record)
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+SpecOption = Annotated[
+    Path, typer.Option("--spec", help="Pipeline spec (YAML).", exists=True, dir_okay=False)
+]
+
+
+class ServiceName(enum.StrEnum):
+    learner = "learner"
+    features = "features"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def stack(
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per pipeline topic.")] = 1,
+    kafka_port: Annotated[int, typer.Option(help="Broker port (0 = a free one).")] = 0,
+    redis_port: Annotated[int, typer.Option(help="Redis port (0 = a free one).")] = 0,
+) -> None:
+    """Start a Tansu broker and a private Redis on loopback until Ctrl-C."""
+    from shared.shutdown import stop_on_signals
+    from shared.stack import LocalStack
+    from shared.stack.local_stack import pipeline_topics
+
+    settings = load_settings()
+    topics = pipeline_topics(settings.topics, partitions)
+    with LocalStack(topics, kafka_port=kafka_port or None, redis_port=redis_port or None) as s:
+        console.print(f"Kafka broker (Tansu): [bold]{s.bootstrap}[/]")
+        console.print(f"Redis:                [bold]{s.redis_url}[/]")
+        console.print(f"Topics ({partitions} partition(s) each): {', '.join(topics)}")
+        console.print("Point services and clients at it with:")
+        for key, value in s.env().items():
+            console.print(f"  export {key}={value}", highlight=False)
+        console.print("Press Ctrl-C to stop.", style="dim")
+        with stop_on_signals() as stop:
+            while not stop.wait(0.5):
+                for proc in (s.broker, s.redis):
+                    if proc is not None and not proc.alive():
+                        raise fail(f"{proc.name} exited unexpectedly:\n{proc.log_tail()}")
+    console.print("Stack stopped.")
+
+
+@app.command()
+def run(
+    service: Annotated[ServiceName, typer.Argument(help="Service to run.")],
+    spec: SpecOption,
+) -> None:
+    """Run one service against HEADWATER_KAFKA_BOOTSTRAP and HEADWATER_REDIS_URL."""
+    from shared.shutdown import stop_on_signals
+    from shared.spec import load_spec
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    pipeline = load_spec(spec)
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        if service is ServiceName.learner:
+            from services.learner.app import run_learner
+
+            run_learner(settings, pipeline, stop)
+        else:
+            from services.features.app import run_features
+
+            run_features(settings, pipeline, stop)
+
+
+spec_app = typer.Typer(help="Pipeline specs.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@spec_app.command("check")
+def spec_check(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]) -> None:
+    """Validate a pipeline spec and build its models."""
+    from shared.spec import load_spec
+
+    pipeline = load_spec(path)
+    models = ", ".join(m.name for m in pipeline.models)
+    console.print(
+        f"{path}: valid — pipeline {pipeline.name!r}, task {pipeline.task}, models {models}"
+    )
+
+
+@app.command()
+def demo(
+    spec: Annotated[
+        Path | None, typer.Option(help="Pipeline spec (default ops/pipelines/phishing.yaml).")
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option(help="A River dataset name or a recorded stream file.")
+    ] = "Phishing",
+    label_delay: Annotated[
+        int | None,
+        typer.Option(min=0, help="Send labels on the labels topic, delayed by N events."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for predictions.")] = 150.0,
+) -> None:
+    """Local end-to-end run: stack, learner, replay, and the prequential score from the topic."""
+    from services.demo.report import print_summary
+    from services.demo.run import DEFAULT_SPEC, run_demo
+    from shared.shutdown import interrupt_on_signals
+
+    configure_logging("WARNING", "text")
+    with interrupt_on_signals():
+        summary = run_demo(
+            spec or DEFAULT_SPEC,
+            dataset,
+            label_delay,
+            timeout,
+            say=lambda text: console.print(text, highlight=False),
+            topics=load_settings().topics,
+        )
+    print_summary(summary, console)
+
+
+bench_app = typer.Typer(help="Benchmarks, as ratios against a baseline in the same run.")
+app.add_typer(bench_app, name="bench")
+
+
+def _bench(as_json: bool, run: Callable[[Callable[[str], None]], Any], ratios: list[str]) -> None:
+    """Progress lines and the ratios for people, or one JSON object for scripts."""
+    import json
+
+    configure_logging("WARNING", "text")
+    say = (lambda _text: None) if as_json else (lambda text: console.print(text, highlight=False))
+    result = run(say)
+    figures = result.as_dict()
+    if as_json:
+        print(json.dumps(figures))
+        return
+    for name in ratios:
+        if figures.get(name) is not None:
+            console.print(f"{name}: {figures[name]:.2f}", highlight=False)
+
+
+@bench_app.command("learner")
+def bench_learner(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    dataset: Annotated[str, typer.Option(help="River dataset to cycle through.")] = "Phishing",
+    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 20_000,
+) -> None:
+    """The learner service against the in-process River and VW loops on the same stream."""
+    from services.bench.learner_bench import run_learner_bench
+
+    _bench(
+        as_json, lambda say: run_learner_bench(dataset, events, say), ["ratio_river", "ratio_vw"]
+    )
+
+
+@bench_app.command("features")
+def bench_features(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 100_000,
+    entities: Annotated[int, typer.Option(min=1, help="Distinct entities.")] = 10_000,
+) -> None:
+    """The features service against a Bytewax dataflow doing the same, same topic, same run."""
+    from services.bench.features_bench import run_features_bench
+
+    _bench(as_json, lambda say: run_features_bench(events, entities, say), ["ratio_vs_bytewax"])
+
+
+def main() -> None:
+    """Console-script entry point: expected errors print one clear line, not a traceback."""
+    from services.demo.run import DemoError
+    from services.features.app import FeaturesConfigError
+    from services.features.service import FeaturesFencedError
+    from services.learner.checkpointing import FencedError, SpecMismatchError
+    from services.replay.datasets import DatasetError
+    from services.replay.recorded import RecordedStreamError
+    from services.replay.replayer import ReplayInterruptedError
+    from shared.checkpoint.codec import CheckpointTamperedError
+    from shared.checkpoint.store import CheckpointLostError, CheckpointNotFoundError
+    from shared.kafka import DeliveryError, TopicError
+    from shared.redis_store import RedisUnavailableError
+    from shared.settings import SettingsError
+    from shared.spec import SpecError
+    from shared.stack import StackError
+    from shared.stack.binaries import BinaryNotFoundError
+
+    expected = (
+        SpecError,
+        RecordedStreamError,
+        DatasetError,
+        DemoError,
+        DeliveryError,
+        TopicError,
+        RedisUnavailableError,
+        StackError,
+        BinaryNotFoundError,
+        SettingsError,
+        FeaturesConfigError,
+        FeaturesFencedError,
+        FencedError,
+        SpecMismatchError,
+        CheckpointTamperedError,
+        CheckpointNotFoundError,
+        CheckpointLostError,
+        OSError,  # files: missing folder, no permission, disk full
+    )
+    import redis
+
+    try:
+        app()
+    except redis.RedisError as exc:
+        err.print(f"[bold red]error:[/] Redis: {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except expected as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    except ReplayInterruptedError as exc:
+        err.print(str(exc), highlight=False)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Features service: windowed per-entity features over event time."""

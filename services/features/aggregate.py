@@ -1,0 +1,87 @@
+"""Aggregations over the values of one field in one window — pure functions.
+
+Sums use math.fsum (exactly rounded), so a value never depends on the order in which
+events were folded in; std is the population standard deviation around that mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def _numbers(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if type(v) is int or type(v) is float]
+
+
+def aggregate(op: str, values: Sequence[Any]) -> Any:
+    """`values`: the field's non-null values in the window, in (event time, arrival) order.
+    A result too large for a float (sums of values near 1e308) is None, never an error."""
+    try:
+        return _aggregate(op, values)
+    except OverflowError:
+        return None
+
+
+def _aggregate(op: str, values: Sequence[Any]) -> Any:
+    if op == "count":
+        return len(values)
+    if op == "last":
+        return values[-1] if values else None
+    if op == "distinct_count":
+        return len({(type(v).__name__, v) for v in values})
+    nums = _numbers(values)
+    if op == "sum":
+        return math.fsum(nums)
+    if not nums:
+        return None
+    if op == "mean":
+        return math.fsum(nums) / len(nums)
+    if op == "min":
+        return min(nums)
+    if op == "max":
+        return max(nums)
+    if op == "std":
+        mean = math.fsum(nums) / len(nums)
+        return math.sqrt(math.fsum((x - mean) ** 2 for x in nums) / len(nums))
+    raise ValueError(f"unknown aggregation {op!r}")
+
+
+def aggregate_all(ops: Sequence[str], values: Sequence[Any]) -> list[Any]:
+    """Every op over one window's values, sharing the work (one pass, one fsum); equal to
+    calling `aggregate` per op."""
+    try:
+        return _aggregate_all(ops, values)
+    except OverflowError:
+        return [aggregate(op, values) for op in ops]  # each op alone: only the overflowing are None
+
+
+def _aggregate_all(ops: Sequence[str], values: Sequence[Any]) -> list[Any]:
+    nums: list[float] | None = None
+    total: float | None = None
+    out = []
+    for op in ops:
+        if op in ("count", "last", "distinct_count"):
+            out.append(aggregate(op, values))
+            continue
+        if nums is None:
+            nums = _numbers(values)
+            total = math.fsum(nums)
+        assert total is not None
+        if op == "sum":
+            out.append(total)
+        elif not nums:
+            out.append(None)
+        elif op == "mean":
+            out.append(total / len(nums))
+        elif op == "min":
+            out.append(min(nums))
+        elif op == "max":
+            out.append(max(nums))
+        elif op == "std":
+            mean = total / len(nums)
+            out.append(math.sqrt(math.fsum((x - mean) ** 2 for x in nums) / len(nums)))
+        else:
+            raise ValueError(f"unknown aggregation {op!r}")
+    return out

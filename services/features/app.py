@@ -1,0 +1,73 @@
+"""Composition root of the features service."""
+
+from __future__ import annotations
+
+import threading
+
+from confluent_kafka import TopicPartition
+
+from services.features.engine import FeatureEngine
+from services.features.service import FeaturesService
+from services.features.store import FeatureStore
+from shared.checkpoint.store import CheckpointStore
+from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.redis_store import RedisStore
+from shared.settings import Settings
+from shared.spec import PipelineSpec
+
+
+class FeaturesConfigError(ValueError):
+    pass
+
+
+def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
+    if spec.features is None:
+        raise FeaturesConfigError(f"pipeline {spec.name!r} declares no `features:` section")
+    topics = settings.topics
+    # Until the ingest service lands, features are computed from the events topic itself.
+    counts = require_topics(
+        settings.kafka_bootstrap, [topics.events, topics.features, topics.events_dlq]
+    )
+    if counts[topics.features] != counts[topics.events]:
+        raise FeaturesConfigError(
+            f"topic {topics.features!r} has {counts[topics.features]} partitions and "
+            f"{topics.events!r} {counts[topics.events]}: features are written to the input's "
+            "partition number, so both need the same count"
+        )
+    redis = RedisStore(settings.redis_url)
+    redis.ping()
+    key = settings.checkpoint_key.get_secret_value().encode()
+    service: FeaturesService | None = None
+
+    def assigned(partitions: list[TopicPartition]) -> None:
+        assert service is not None
+        service.on_assign(partitions)
+
+    def revoked(partitions: list[TopicPartition]) -> None:
+        assert service is not None
+        service.on_revoke(partitions)
+
+    consumer = BatchConsumer(
+        settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
+        topics=[topics.events],
+        session_timeout_ms=settings.session_timeout_ms,
+        on_assign=assigned,
+        on_revoke=revoked,
+    )
+    service = FeaturesService(
+        spec.name,
+        FeatureEngine(spec.features),
+        consumer,
+        SafeProducer(settings.kafka_bootstrap),
+        FeatureStore(redis.client, spec.name, spec.features.entity_ttl),
+        lambda p: CheckpointStore(
+            redis.client, spec.name, f"features-p{p}", key, keep=settings.checkpoints_kept
+        ),
+        settings,
+    )
+    return service
+
+
+def run_features(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
+    build_features(settings, spec).run(stop)

@@ -1,0 +1,229 @@
+"""The features service's Kafka loop: per-partition window state, checkpointed per partition.
+
+Partitions are group-managed (the service scales with them). On assignment each partition
+takes a new epoch in its own checkpoint store, restores its window state and seeks to the
+stored offset; on revocation it is checkpointed first. Outputs go to the same partition
+number of the features topic, so an entity's features, events and labels stay co-partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+
+from services.features.engine import FeatureEngine, PartitionState
+from services.features.store import FeatureStore
+from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
+from shared.codec import CodecError, decode, encode
+from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka.position import position
+from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "features"
+KIND_HEADER = "headwater-kind"
+
+
+class FeaturesFencedError(RuntimeError):
+    pass
+
+
+@dataclass
+class Owned:
+    """A partition this instance owns: its checkpoint store, epoch and next offset."""
+
+    store: CheckpointStore
+    epoch: int
+    next_offset: int
+    since_checkpoint: int = 0
+
+
+@dataclass
+class FeaturesService:
+    pipeline: str
+    engine: FeatureEngine
+    consumer: BatchConsumer
+    producer: SafeProducer
+    feature_store: FeatureStore
+    checkpoint_store: Callable[[int], CheckpointStore]  # one store per partition
+    settings: Settings
+    owned: dict[int, Owned] = field(default_factory=dict)
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    emitted: int = 0
+    dead_lettered: int = 0
+    closing: bool = False
+    status_at: float = 0.0
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        """New epoch, restore, seek: per partition (DESIGN §4)."""
+        seeks = []
+        for tp in partitions:
+            store = self.checkpoint_store(tp.partition)
+            epoch = store.new_epoch()
+            try:
+                info, (state, next_offset) = store.load()
+                log.info(
+                    "partition restored",
+                    extra={"fields": {"partition": tp.partition, "version": info.version}},
+                )
+            except CheckpointNotFoundError:
+                state, next_offset = PartitionState(), OFFSET_BEGINNING
+            self.engine.partitions[tp.partition] = state
+            self.owned[tp.partition] = Owned(store, epoch, next_offset)
+            seeks.append(TopicPartition(tp.topic, tp.partition, next_offset))
+        self.consumer.assign_exact(seeks)
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        if not self.closing:
+            self.checkpoint(
+                [tp.partition for tp in partitions if tp.partition in self.owned], "revoke"
+            )
+        for tp in partitions:
+            self.owned.pop(tp.partition, None)
+            self.engine.partitions.pop(tp.partition, None)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("features service running", extra={"fields": {"pipeline": self.pipeline}})
+        try:
+            while not stop.is_set():
+                batch = self.consumer.poll_batch(
+                    self.settings.batch_size, self.settings.poll_timeout_s
+                )
+                if batch:
+                    self.handle_batch(batch)
+                if self._due():
+                    try:
+                        self.checkpoint(list(self.owned), "cadence")
+                    except redis.RedisError as exc:  # retried at the next cadence
+                        log.error(
+                            "checkpoint failed; will retry", extra={"fields": {"error": str(exc)}}
+                        )
+                        self.last_checkpoint = time.monotonic()
+                self.publish_status(force=False)
+            self.checkpoint(list(self.owned), "shutdown")
+            self.publish_status(force=True)
+        finally:
+            self.closing = True  # leaving the group revokes partitions: already checkpointed
+            try:
+                self.consumer.close()
+            finally:
+                self.producer.close()
+
+    def handle_batch(self, batch: list[Message]) -> None:
+        latest: dict[str, tuple[dict[str, object], float, str]] = {}
+        for msg in batch:
+            topic, partition, offset = position(msg)
+            owned = self.owned.get(partition)
+            if owned is None:  # revoked meanwhile
+                continue
+            lineage = Lineage(topic, partition, offset)
+            try:
+                event = Event.from_wire(decode(msg.value(), self.settings.max_message_bytes))
+                computed = self.engine.process(partition, event)
+            except (CodecError, MessageError) as exc:
+                self.dead_letter(lineage, msg, exc.reason, str(exc))
+            except Exception as exc:  # never a crash loop on one record
+                log.exception("features failed on a record", extra={"fields": {"offset": offset}})
+                self.dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
+            else:
+                record = FeatureRecord(event, computed.features, computed.late_windows, lineage)
+                self.producer.produce(
+                    self.settings.topics.features,
+                    encode(record.to_wire()),
+                    event.entity.encode(),
+                    headers=[(KIND_HEADER, b"features/v1")],
+                    partition=partition,
+                )
+                latest[event.entity] = (computed.features, event.ts, event.event_id)
+                self.emitted += 1
+            owned.next_offset = offset + 1
+            owned.since_checkpoint += 1
+        try:
+            self.feature_store.write_latest(latest)
+        except redis.RedisError as exc:  # the topic has them; the store catches up next batch
+            log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
+
+    def publish_status(self, force: bool) -> None:
+        """Progress for operators: per instance, what it owns and how its windows fare."""
+        now = time.monotonic()
+        if not force and now - self.status_at < 1.0:
+            return
+        self.status_at = now
+        states = [self.engine.partitions[p] for p in self.owned if p in self.engine.partitions]
+        fields: dict[str, str | int | float] = {
+            "partitions": ",".join(str(p) for p in sorted(self.owned)),
+            "emitted": self.emitted,
+            "dead_letters": self.dead_lettered,
+            "entities": sum(len(s.entities) for s in states),
+            "late": sum(s.late for s in states),
+            "expired": sum(s.expired for s in states),
+            "updated_at": time.time(),
+        }
+        key = f"headwater:{self.pipeline}:features-status:{self.instance}"
+        try:
+            self.feature_store.client.hset(key, mapping=fields)  # type: ignore[arg-type]
+            self.feature_store.client.expire(key, 300)
+        except Exception as exc:  # a Redis blip must not stop the stream; retried next second
+            log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
+
+    def dead_letter(self, lineage: Lineage, msg: Message, reason: str, message: str) -> None:
+        envelope = DeadLetter.of(
+            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, msg.value()
+        )
+        key = msg.key()
+        self.producer.produce(
+            self.settings.topics.events_dlq,
+            encode(envelope.to_wire()),
+            key if isinstance(key, bytes) else None,
+            headers=[(KIND_HEADER, b"dlq/v1")],
+        )
+        self.dead_lettered += 1
+
+    def _due(self) -> bool:
+        records = sum(o.since_checkpoint for o in self.owned.values())
+        elapsed = time.monotonic() - self.last_checkpoint
+        return records > 0 and (
+            records >= self.settings.checkpoint_every_records
+            or elapsed >= self.settings.checkpoint_interval_s
+        )
+
+    def checkpoint(self, partitions: list[int], reason: str) -> None:
+        """Flush outputs, then each partition's state with its next offset (fenced)."""
+        self.producer.flush()
+        for p in partitions:
+            owned = self.owned[p]
+            state = self.engine.partitions.get(p, PartitionState())
+            meta = {
+                "reason": reason,
+                "next_offset": owned.next_offset,
+                "entities": len(state.entities),
+                "late": state.late,
+                "expired": state.expired,
+            }
+            try:
+                owned.store.write(owned.epoch, (state, owned.next_offset), meta)
+            except StaleEpochError as exc:
+                raise FeaturesFencedError(
+                    f"partition {p} is owned by another instance: {exc}"
+                ) from exc
+            owned.since_checkpoint = 0
+        topic = self.settings.topics.events
+        self.consumer.store(
+            {
+                (topic, p): self.owned[p].next_offset - 1
+                for p in partitions
+                if self.owned[p].next_offset > 0
+            }
+        )
+        self.last_checkpoint = time.monotonic()

@@ -1,0 +1,1 @@
+"""Learner service: test-then-train with every model of a pipeline spec."""

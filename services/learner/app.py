@@ -1,0 +1,60 @@
+"""Composition root of the learner: settings + spec -> wired service."""
+
+from __future__ import annotations
+
+import threading
+
+from services.learner.core import LearnerCore
+from services.learner.service import LearnerMetrics, LearnerService
+from shared.checkpoint.lease import Lease
+from shared.checkpoint.store import CheckpointStore
+from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.metrics import ServiceMetrics
+from shared.ordering import OrderedMerge
+from shared.redis_store import RedisStore
+from shared.settings import Settings
+from shared.spec import PipelineSpec
+
+
+def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
+    topics = settings.topics
+    # With a `features:` section the learner reads the features service's output.
+    source = topics.features if spec.features is not None else topics.events
+    partitions = require_topics(
+        settings.kafka_bootstrap,
+        [source, topics.labels, topics.predictions, topics.outcomes, topics.events_dlq],
+    )
+    store = RedisStore(settings.redis_url)
+    store.ping()
+    metrics = ServiceMetrics("learner")
+    metrics.serve(settings.metrics_port)
+    consumer = BatchConsumer(
+        settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group_prefix}.{spec.name}.learner",
+        topics=None,  # the lease holder owns every partition; see LearnerService
+        session_timeout_ms=settings.session_timeout_ms,
+    )
+    return LearnerService(
+        LearnerCore.from_spec(spec),
+        consumer,
+        SafeProducer(settings.kafka_bootstrap),
+        settings,
+        store,
+        CheckpointStore(
+            store.client,
+            spec.name,
+            "learner",
+            settings.checkpoint_key.get_secret_value().encode(),
+            keep=settings.checkpoints_kept,
+        ),
+        Lease(store.client, store.key(spec.name, "learner", "lease"), settings.lease_ttl_s),
+        {source: partitions[source], topics.labels: partitions[topics.labels]},
+        LearnerMetrics.create(metrics),
+        # No "caught up" shortcut: a cached high watermark can be stale while a producer is
+        # still writing the other topic, and then fetch timing would decide the order.
+        OrderedMerge(settings.merge_idle_ms / 1000),
+    )
+
+
+def run_learner(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
+    build_learner(settings, spec).run(stop)

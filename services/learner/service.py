@@ -1,0 +1,490 @@
+"""The learner's Kafka loop.
+
+Records from the events and labels topics are decoded as they arrive, then released in
+deterministic order by `OrderedMerge`; each released record is scored or joined and its
+outputs produced. Checkpoints (checkpointing.py) flush those outputs, then persist the
+state with the next input offsets; after a crash the learner resumes from the last one
+and re-emits identical outputs, which downstream drops by lineage.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.learner.checkpointing import Checkpointer, FencedError, LearnerState, restore
+from services.learner.core import LearnerCore
+from shared.checkpoint.codec import CheckpointTamperedError
+from shared.checkpoint.lease import Lease
+from shared.checkpoint.store import CheckpointStore
+from shared.codec import CodecError, decode, encode
+from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
+from shared.kafka.position import position
+from shared.messages import DeadLetter, Event, FeatureRecord, Label, Lineage, MessageError
+from shared.metrics import ServiceMetrics
+from shared.ordering import OrderedMerge
+from shared.redis_store import RedisStore
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "learner"
+KIND_HEADER = "headwater-kind"
+LABEL_RANK, EVENT_RANK = 0, 1  # a label sorts before an event of the same time (simulate_qa)
+
+
+@dataclass
+class LearnerMetrics:
+    records: Counter
+    predictions: Counter
+    labels: Counter
+    dead_letters: Counter
+    batch_seconds: Histogram
+    model_metric: Gauge
+    pending: Gauge
+    checkpoint_seconds: Histogram
+
+    @classmethod
+    def create(cls, m: ServiceMetrics) -> LearnerMetrics:
+        return cls(
+            records=m.counter("records_total", "Input records by outcome.", ("outcome",)),
+            predictions=m.counter("predictions_total", "Predictions published.", ("model",)),
+            labels=m.counter("labels_learned_total", "Labels learned (each by every model)."),
+            dead_letters=m.counter("dead_letters_total", "Records dead-lettered.", ("reason",)),
+            batch_seconds=m.histogram("batch_processing_seconds", "Time to handle one batch."),
+            model_metric=m.gauge("model_metric", "Prequential metric.", ("model", "metric")),
+            pending=m.gauge("pending_labels", "Predictions waiting for their label."),
+            checkpoint_seconds=m.histogram("checkpoint_seconds", "Time to write a checkpoint."),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input record that will be dead-lettered when the merge releases it."""
+
+    raw: bytes | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Buffered:
+    """A decoded input record waiting in the ordered merge."""
+
+    lineage: Lineage
+    item: Event | Label | Rejected
+    raw: bytes | None
+    key: bytes | None
+    source: Lineage | None = None  # for features records: the event they were computed from
+
+
+class LearnerService:
+    """One pipeline's learner: standby until it holds the lease, then the only owner of
+    every input partition, checkpointing as it goes (see checkpointing.py)."""
+
+    def __init__(
+        self,
+        fresh: LearnerCore,
+        consumer: BatchConsumer,
+        producer: SafeProducer,
+        settings: Settings,
+        store: RedisStore,
+        checkpoints: CheckpointStore,
+        lease: Lease,
+        input_partitions: dict[str, int],
+        metrics: LearnerMetrics,
+        merge: OrderedMerge[Buffered],
+        status_interval_s: float = 1.0,
+    ) -> None:
+        self.state = LearnerState(fresh)
+        self.consumer = consumer
+        self.producer = producer
+        self.settings = settings
+        self.store = store
+        self.checkpoints = checkpoints
+        self.lease = lease
+        self.input_partitions = input_partitions
+        self.metrics = metrics
+        self.merge = merge
+        self.status_interval_s = status_interval_s
+        self.max_buffered = 20 * settings.batch_size
+        self.checkpointer: Checkpointer | None = None
+        self.role = "standby"
+        self._paused: set[tuple[str, int]] = set()
+        self._last_order: dict[tuple[str, int], tuple[float, int, int, int]] = {}
+        self._status_at = 0.0
+        self._renewed_at = 0.0
+        self.dead_lettered = 0
+        # Per-record counts, added to the Prometheus counters once per release (cheaper).
+        self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    @property
+    def core(self) -> LearnerCore:
+        return self.state.core
+
+    def run(self, stop: threading.Event) -> None:
+        """Wait for the lease, restore, then consume until `stop`; checkpoint on the way out."""
+        log.info("learner starting", extra={"fields": {"pipeline": self.core.pipeline}})
+        fenced = False
+        try:
+            if not self.wait_for_lease(stop):
+                return
+            self.take_ownership()
+            while not stop.is_set():
+                self.step()
+            assert self.checkpointer is not None
+            version = self.checkpointer.checkpoint(self.state, "shutdown")
+            log.info("final checkpoint written", extra={"fields": {"version": version}})
+        except FencedError:
+            fenced = True
+            raise
+        finally:
+            self.close(fenced)
+
+    def wait_for_lease(self, stop: threading.Event) -> bool:
+        """Hot standby: poll the lease until the active learner is gone (or we are stopped)."""
+        announced = False
+        while not stop.is_set():
+            if self.lease.try_acquire():
+                self._renewed_at = time.monotonic()
+                return True
+            if not announced:
+                log.info(
+                    "standby: another learner holds the lease",
+                    extra={"fields": {"holder": self.lease.holder()}},
+                )
+                announced = True
+            stop.wait(min(0.5, self.settings.lease_ttl_s / 4))
+        return False
+
+    def take_ownership(self) -> None:
+        """New epoch first (fencing any older owner), then restore and seek."""
+        epoch = self.checkpoints.new_epoch()
+        self.state, version = restore(self.checkpoints, self.core)
+        positions = {
+            (topic, p): self.state.offsets.get((topic, p), OFFSET_BEGINNING)
+            for topic, n in self.input_partitions.items()
+            for p in range(n)
+        }
+        self.consumer.assign(positions)
+        self.merge.set_inputs(positions)
+        self.checkpointer = Checkpointer(
+            self.checkpoints,
+            self.producer,
+            self.consumer,
+            epoch,
+            self.settings.checkpoint_every_records,
+            self.settings.checkpoint_interval_s,
+        )
+        self.role = "active"
+        self._status_at = 0.0
+        log.info(
+            "learner active",
+            extra={
+                "fields": {"epoch": epoch, "restored_version": version, "inputs": len(positions)}
+            },
+        )
+
+    def step(self) -> None:
+        batch = self.consumer.poll_batch(self.settings.batch_size, self.settings.poll_timeout_s)
+        for msg in batch:
+            self.buffer(msg)
+        self._apply_backpressure()
+        self.release()
+        assert self.checkpointer is not None
+        if self.checkpointer.due():
+            try:
+                self._keep_lease(force=True)  # a long checkpoint must not let it lapse
+                self.checkpointer.checkpoint(self.state, "cadence")
+                self._keep_lease(force=True)
+                self.metrics.checkpoint_seconds.observe(self.checkpointer.last_seconds)
+            except redis.RedisError as exc:
+                # Nothing is lost: outputs are flushed and the next cadence tries again; a
+                # crash meanwhile replays from the previous checkpoint.
+                log.error("checkpoint failed; will retry", extra={"fields": {"error": str(exc)}})
+                self.checkpointer.last_at = time.monotonic()
+        self._keep_lease()
+        if self._publish_status(force=False):
+            try:
+                request = self.checkpoints.take_rollback()
+            except redis.RedisError as exc:
+                log.warning("rollback requests not read", extra={"fields": {"error": str(exc)}})
+                return
+            if request is not None:
+                self.apply_rollback(request)
+
+    def apply_rollback(self, request: dict[str, Any]) -> None:
+        """`headwater models rollback`: one model (and its metrics) continues from an older
+        checkpoint; the other models and the input position are untouched."""
+        model, version = str(request.get("model")), int(request.get("version", -1))
+        try:
+            _, old = self.checkpoints.load(version)
+        except (LookupError, CheckpointTamperedError, redis.RedisError) as exc:
+            log.error("rollback refused", extra={"fields": {"model": model, "error": str(exc)}})
+            return
+        if model not in self.core.models or model not in old.core.models:
+            log.error("rollback refused: unknown model", extra={"fields": {"model": model}})
+            return
+        self.core.models[model] = old.core.models[model]
+        self.core.metrics[model] = old.core.metrics[model]
+        self.core.learned[model] = old.core.learned.get(model, 0)
+        assert self.checkpointer is not None
+        try:
+            new_version = self.checkpointer.checkpoint(
+                self.state, f"rollback {model} to v{version}"
+            )
+        except redis.RedisError as exc:
+            log.error(
+                "rollback applied but not yet checkpointed; the next checkpoint records it",
+                extra={"fields": {"model": model, "to": version, "error": str(exc)}},
+            )
+            return
+        log.info(
+            "model rolled back",
+            extra={"fields": {"model": model, "to": version, "checkpoint": new_version}},
+        )
+
+    def _keep_lease(self, force: bool = False) -> None:
+        """Renew every third of the TTL. A lease that lapsed while nobody else took over
+        (a long pause) is taken back; if someone did, this learner is fenced."""
+        now = time.monotonic()
+        if not force and now - self._renewed_at < self.settings.lease_ttl_s / 3:
+            return
+        try:
+            renewed = self.lease.renew()
+        except redis.RedisError as exc:
+            if now - self._renewed_at >= self.settings.lease_ttl_s:
+                raise FencedError(
+                    f"Redis unreachable for {now - self._renewed_at:.1f} s: the lease cannot be "
+                    f"renewed, so another learner may own the pipeline ({exc})"
+                ) from exc
+            log.warning("lease renewal failed; retrying", extra={"fields": {"error": str(exc)}})
+            return
+        if not renewed:
+            assert self.checkpointer is not None
+            if self.checkpoints.current_epoch() != self.checkpointer.epoch:
+                raise FencedError("the lease was lost: another learner took over this pipeline")
+            if not self.lease.try_acquire():
+                raise FencedError("the lease was lost: another learner holds it")
+            if self.checkpoints.current_epoch() != self.checkpointer.epoch:
+                self.lease.release()  # taken over in between: leave it to the new owner
+                raise FencedError("the lease was lost: another learner took over this pipeline")
+            log.warning("lease had lapsed with no other owner; taken back")
+        self._renewed_at = now
+
+    def close(self, fenced: bool) -> None:
+        try:
+            if self.role == "active" and not fenced:
+                self._publish_status(force=True)
+            if fenced:
+                self.producer.flush()  # outputs are deterministic: duplicates drop by lineage
+            self.producer.close()
+        finally:
+            self.consumer.close()
+            if not fenced:
+                try:
+                    self.lease.release()
+                except redis.RedisError as exc:  # it lapses by itself after its TTL
+                    log.warning("lease not released", extra={"fields": {"error": str(exc)}})
+            log.info(
+                "learner stopped",
+                extra={
+                    "fields": {
+                        "role": self.role,
+                        "events": self.core.events_seen,
+                        "labels": self.core.labels_learned,
+                        "pending": len(self.core.pending),
+                        "dead_letters": self.dead_lettered,
+                    }
+                },
+            )
+
+    def buffer(self, msg: Message) -> None:
+        """Decode and validate now; order and apply later."""
+        topic, partition, offset = position(msg)
+        lineage = Lineage(topic, partition, offset)
+        raw = msg.value()
+        item: Event | Label | Rejected
+        source = None
+        try:
+            obj = decode(raw, self.settings.max_message_bytes)
+            if topic == self.settings.topics.labels:
+                item = Label.from_wire(obj)
+                order = (item.ts, LABEL_RANK, partition, offset)
+            elif topic == self.settings.topics.features:
+                record = FeatureRecord.from_wire(obj)
+                e = record.event
+                item = Event(e.event_id, e.entity, e.ts, record.features, e.label)
+                source = record.lineage
+                order = (item.ts, EVENT_RANK, partition, offset)
+            else:
+                item = Event.from_wire(obj)
+                order = (item.ts, EVENT_RANK, partition, offset)
+        except (CodecError, MessageError) as exc:
+            item = Rejected(raw, exc.reason, str(exc))
+            # right after its predecessor, so offsets are stored in partition order
+            previous = self._last_order.get((topic, partition), (float("-inf"), 0, 0, 0))
+            order = (previous[0], previous[1], partition, offset)
+        self._last_order[(topic, partition)] = order
+        key = msg.key()
+        self.merge.push(
+            (topic, partition),
+            order,
+            Buffered(lineage, item, raw, key if isinstance(key, bytes) else None, source),
+        )
+
+    def release(self) -> None:
+        """Apply what the merge releases; its offsets become part of the next checkpoint."""
+        started = time.perf_counter()
+        offsets = self.state.offsets
+        applied = 0
+        for record in self.merge.pop_ready():
+            self.apply(record)
+            offsets[(record.lineage.topic, record.lineage.partition)] = record.lineage.offset + 1
+            applied += 1
+            if applied % 1000 == 0:
+                self._keep_lease()  # a long release must not let the lease lapse
+        if applied:
+            assert self.checkpointer is not None
+            self.checkpointer.records_since += applied
+            self._flush_tally()
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _flush_tally(self) -> None:
+        for (kind, label), n in self._tally.items():
+            if kind == "labels":
+                self.metrics.labels.inc(n)
+            else:
+                counter = (
+                    self.metrics.predictions if kind == "predictions" else self.metrics.records
+                )
+                counter.labels(label).inc(n)
+        self._tally.clear()
+
+    def apply(self, record: Buffered) -> None:
+        lineage, item = record.lineage, record.item
+        self.core.outbox.clear()  # what a failed record left behind is not published
+        if record.source is not None:
+            upstream = (record.source.topic, record.source.partition)
+            hwm = self.state.source_hwm
+            if record.source.offset <= hwm.get(upstream, -1):
+                self._tally[("records", "duplicate")] += 1
+                return  # re-emitted by a restarted features service: applied already
+            hwm[upstream] = record.source.offset
+        try:
+            if isinstance(item, Rejected):
+                self.dead_letter(record, item.reason, item.message)
+            elif isinstance(item, Label):
+                joined = self.core.process_label(item, lineage)
+                self._tally[("records", f"label_{joined}")] += 1
+                if joined == "joined":
+                    self._tally[("labels", "")] += 1
+            else:
+                self.score(lineage, item)
+            self.publish_outcomes()
+        except MessageError as exc:  # a label the task cannot learn from
+            self.dead_letter(record, exc.reason, str(exc))
+        except (DeliveryError, KafkaException):
+            raise  # the output path is broken: stop rather than lose records
+        except Exception as exc:
+            # A value a model cannot take (a string where it needs a number, a class it
+            # rejects): the record is dead-lettered, never retried forever.
+            log.exception("model failed on a record", extra={"fields": {"offset": lineage.offset}})
+            self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
+
+    def score(self, lineage: Lineage, event: Event) -> None:
+        predictions = self.core.process(event, lineage)
+        topic = self.settings.topics.predictions
+        key = event.entity.encode()
+        for p in predictions:
+            self.producer.produce(
+                topic, encode(p.to_wire()), key, headers=[(KIND_HEADER, b"prediction/v1")]
+            )
+            self._tally[("predictions", p.model)] += 1
+        self._tally[("records", "scored")] += 1
+        if event.label is not None:
+            self._tally[("labels", "")] += 1
+
+    def publish_outcomes(self) -> None:
+        """Each (prediction, true label) pair, for monitors and offline evaluation."""
+        topic = self.settings.topics.outcomes
+        for o in self.core.outbox:
+            self.producer.produce(
+                topic,
+                encode(o.to_wire()),
+                o.entity.encode(),
+                headers=[(KIND_HEADER, b"outcome/v1")],
+            )
+        self.core.outbox.clear()
+
+    def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
+        """To the dead-letter topic, keyed as the original was."""
+        lineage = record.lineage
+        envelope = DeadLetter.of(
+            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, record.raw
+        )
+        self.producer.produce(
+            self.settings.topics.events_dlq,
+            encode(envelope.to_wire()),
+            record.key,
+            headers=[(KIND_HEADER, b"dlq/v1")],
+        )
+        self.dead_lettered += 1
+        self._tally[("records", "dead_lettered")] += 1
+        self.metrics.dead_letters.labels(reason).inc()
+        log.warning(
+            "record dead-lettered",
+            extra={"fields": {"reason": reason, "error": message, "offset": lineage.offset}},
+        )
+
+    def _apply_backpressure(self) -> None:
+        """Pause an input that runs far ahead of the others; resume it once drained."""
+        for tp in self.consumer.assignment:
+            key = (tp.topic, tp.partition)
+            size = self.merge.buffered(key)
+            if size > self.max_buffered and key not in self._paused:
+                self.consumer.pause([key])
+                self._paused.add(key)
+            elif size <= self.max_buffered // 2 and key in self._paused:
+                self.consumer.resume([key])
+                self._paused.discard(key)
+
+    def _publish_status(self, force: bool) -> bool:
+        """Progress for operators (and the API later): counters and metrics in Redis.
+        True when it published (at most once per status interval)."""
+        now = time.monotonic()
+        if not force and now - self._status_at < self.status_interval_s:
+            return False
+        self._status_at = now
+        core = self.core
+        fields: dict[str, str | int | float] = {
+            "role": self.role,
+            "model_version": core.model_version,
+            "events_seen": core.events_seen,
+            "labels_learned": core.labels_learned,
+            "labels_unmatched": core.labels_unmatched,
+            "pending": len(core.pending),
+            "expired_defaulted": core.expired_defaulted,
+            "expired_unlabelled": core.expired_unlabelled,
+            "dead_letters": self.dead_lettered,
+            "assigned_partitions": len(self.consumer.assignment),
+            "updated_at": time.time(),
+        }
+        self.metrics.pending.set(len(core.pending))
+        for model, ms in core.metric_values().items():
+            for name, value in ms.items():
+                fields[f"metric:{model}:{name}"] = value
+                self.metrics.model_metric.labels(model, name).set(value)
+        try:
+            self.store.put_hash(self.store.key(core.pipeline, SERVICE, "status"), fields)
+        except Exception as exc:  # Redis down must not stop scoring; it is logged and retried
+            log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
+        return True

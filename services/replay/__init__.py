@@ -1,0 +1,1 @@
+"""Recorded streams: export River datasets, replay files into Kafka, record topics to files."""

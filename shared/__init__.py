@@ -1,0 +1,1 @@
+"""Headwater's common library: settings, codec, Kafka and Redis adapters, local stack."""

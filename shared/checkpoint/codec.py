@@ -1,0 +1,51 @@
+"""Checkpoint blobs: pickled state, authenticated with HMAC-SHA256 before any unpickling.
+
+Unpickling runs code named by the blob, so a blob whose MAC does not verify is refused
+without being touched. River trees pickle deeply nested, hence the raised recursion limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+DEEP_RECURSION = 20_000
+
+
+class CheckpointTamperedError(RuntimeError):
+    """The blob's MAC does not match: it was altered, or written with another key."""
+
+
+@contextmanager
+def _deep_recursion() -> Iterator[None]:
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, DEEP_RECURSION))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def dumps(state: Any) -> bytes:
+    with _deep_recursion():
+        return pickle.dumps(state, protocol=5)
+
+
+def sign(blob: bytes, key: bytes) -> bytes:
+    return hmac.new(key, blob, hashlib.sha256).digest()
+
+
+def loads(blob: bytes, mac: bytes, key: bytes, *, what: str = "checkpoint") -> Any:
+    """Verify, then unpickle; a bad MAC raises before pickle sees a byte."""
+    if not hmac.compare_digest(sign(blob, key), mac):
+        raise CheckpointTamperedError(
+            f"{what} failed HMAC verification (tampered, or written with another "
+            "HEADWATER_CHECKPOINT_KEY); refusing to load it"
+        )
+    with _deep_recursion():
+        return pickle.loads(blob)

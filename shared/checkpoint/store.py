@@ -1,0 +1,161 @@
+"""Fenced, atomic checkpoint writes to Redis, with the last K versions kept (DESIGN §4).
+
+Layout under `headwater:<pipeline>:<service>:ckpt`:
+  :epoch      owner epoch; a new owner INCRs it, and only a write carrying it succeeds
+  :seq        last version number handed out
+  :latest     newest version
+  :versions   version numbers, newest first (at most `keep`)
+  :v:<n>      hash: blob (pickled state), mac (HMAC-SHA256 of blob), meta (JSON), epoch
+  :rollback   a pending rollback request (JSON), taken by the running service
+
+One Lua script checks the epoch and writes everything, so a stale owner can never
+overwrite a newer checkpoint and a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.checkpoint.codec import dumps, loads, sign
+
+_WRITE = """
+local base = KEYS[1]
+local current = tonumber(redis.call('GET', base .. ':epoch') or '0')
+if tonumber(ARGV[1]) ~= current then
+  return redis.error_reply(
+    'STALE_EPOCH owner epoch is ' .. current .. ', writer has ' .. ARGV[1])
+end
+local v = redis.call('INCR', base .. ':seq')
+local vkey = base .. ':v:' .. v
+redis.call('HSET', vkey, 'blob', ARGV[2], 'mac', ARGV[3], 'meta', ARGV[4], 'epoch', ARGV[1])
+redis.call('LPUSH', base .. ':versions', v)
+redis.call('SET', base .. ':latest', v)
+local keep = tonumber(ARGV[5])
+while redis.call('LLEN', base .. ':versions') > keep do
+  local old = redis.call('RPOP', base .. ':versions')
+  redis.call('DEL', base .. ':v:' .. old)
+end
+return v
+"""
+
+
+class StaleEpochError(RuntimeError):
+    """Another owner took over: this writer is fenced off."""
+
+
+class CheckpointNotFoundError(LookupError):
+    pass
+
+
+class CheckpointLostError(RuntimeError):
+    """The newest checkpoint is named but gone (evicted, deleted): starting fresh would
+    silently throw the learned state away, so a service refuses to."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    version: int
+    epoch: int
+    meta: dict[str, Any]
+
+    @property
+    def created_at(self) -> float:
+        return float(self.meta.get("created_at", 0.0))
+
+
+class CheckpointStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        pipeline: str,
+        service: str,
+        key: bytes,
+        keep: int = 10,
+    ) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.client = client
+        self.base = f"headwater:{pipeline}:{service}:ckpt"
+        self.key = key
+        self.keep = keep
+        self._write = client.register_script(_WRITE)
+
+    def new_epoch(self) -> int:
+        """Claim ownership: every older epoch's writes fail from now on."""
+        return int(self.client.incr(f"{self.base}:epoch"))
+
+    def current_epoch(self) -> int:
+        return int(self.client.get(f"{self.base}:epoch") or 0)
+
+    def write(self, epoch: int, state: Any, meta: dict[str, Any]) -> int:
+        """One atomic, fenced step; returns the new version."""
+        blob = dumps(state)
+        meta = {**meta, "created_at": time.time(), "epoch": epoch, "bytes": len(blob)}
+        try:
+            version = self._write(
+                keys=[self.base],
+                args=[epoch, blob, sign(blob, self.key), json.dumps(meta), self.keep],
+            )
+        except redis.ResponseError as exc:
+            if "STALE_EPOCH" in str(exc):
+                raise StaleEpochError(str(exc).replace("STALE_EPOCH ", "")) from None
+            raise
+        return int(version)
+
+    def latest_version(self) -> int | None:
+        raw = self.client.get(f"{self.base}:latest")
+        return int(raw) if raw is not None else None
+
+    def load(self, version: int | None = None) -> tuple[CheckpointInfo, Any]:
+        """Verify the blob's HMAC, then unpickle it (newest version when none is given)."""
+        newest = version is None
+        if version is None:
+            version = self.latest_version()
+            if version is None:
+                raise CheckpointNotFoundError(f"no checkpoint under {self.base}")
+        fields: dict[bytes, bytes] = self.client.hgetall(f"{self.base}:v:{version}")  # type: ignore[assignment]
+        if not fields and newest:
+            raise CheckpointLostError(
+                f"the newest checkpoint ({self.base}:v:{version}) is missing from Redis (evicted "
+                "or deleted?); refusing to start from scratch. Check Redis' maxmemory-policy "
+                f"(use noeviction), or delete {self.base}:* to start over deliberately"
+            )
+        if not fields:
+            raise CheckpointNotFoundError(
+                f"checkpoint version {version} not found (only the last {self.keep} are kept)"
+            )
+        info = _info(version, fields)
+        state = loads(fields[b"blob"], fields[b"mac"], self.key, what=f"checkpoint v{version}")
+        return info, state
+
+    def versions(self) -> list[CheckpointInfo]:
+        """Newest first, from the metadata only (nothing is unpickled)."""
+        out = []
+        for raw in self.client.lrange(f"{self.base}:versions", 0, -1):
+            version = int(raw)
+            fields = self.client.hmget(f"{self.base}:v:{version}", ["meta", "epoch"])
+            if fields[0] is not None:
+                out.append(_info(version, {b"meta": fields[0], b"epoch": fields[1]}))
+        return out
+
+    def request_rollback(self, model: str, version: int) -> None:
+        if version not in {i.version for i in self.versions()}:
+            raise CheckpointNotFoundError(
+                f"checkpoint version {version} not found; kept: "
+                f"{[i.version for i in self.versions()]}"
+            )
+        request = {"model": model, "version": version, "requested_at": time.time()}
+        self.client.set(f"{self.base}:rollback", json.dumps(request))
+
+    def take_rollback(self) -> dict[str, Any] | None:
+        raw = self.client.getdel(f"{self.base}:rollback")
+        return json.loads(raw) if raw else None
+
+
+def _info(version: int, fields: dict[bytes, Any]) -> CheckpointInfo:
+    return CheckpointInfo(version, int(fields.get(b"epoch") or 0), json.loads(fields[b"meta"]))

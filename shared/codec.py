@@ -1,0 +1,92 @@
+"""MessagePack wire codec, plus JSON detection for what producers send.
+
+Headwater writes MessagePack only; it reads MessagePack or JSON, decided per record by its
+first byte, so a producer may use either without configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import msgpack
+
+DEFAULT_MAX_BYTES = 1_048_576
+
+
+class CodecError(ValueError):
+    """A payload that cannot be decoded; `reason` is a stable, machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def encode(obj: Any) -> bytes:
+    """Serialise one message. Floats keep full double precision."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def decode(payload: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """Decode MessagePack, or JSON when the payload starts like a JSON object."""
+    if payload is None:
+        raise CodecError("empty", "record has no value")
+    if len(payload) > max_bytes:
+        raise CodecError(
+            "too_large", f"record of {len(payload)} bytes exceeds the {max_bytes}-byte limit"
+        )
+    if not payload:
+        raise CodecError("empty", "record value is empty")
+    if payload.lstrip()[:1] in (b"{", b"["):
+        return _decode_json(payload)
+    return _decode_msgpack(payload)
+
+
+def _decode_msgpack(payload: bytes) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except msgpack.ExtraData as exc:
+        raise CodecError("bad_msgpack", "MessagePack value followed by extra bytes") from exc
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise CodecError("bad_msgpack", f"invalid MessagePack: {exc}") from exc
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _decode_json(payload: bytes) -> Any:
+    try:
+        obj = json.loads(payload, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise CodecError("bad_json", f"JSON is not valid UTF-8: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise CodecError("bad_json", f"invalid JSON: {exc}") from exc
+    if _SURROGATE_ESCAPE.search(payload):
+        check_text(obj)
+    return obj
+
+
+def check_text(obj: Any) -> None:
+    """A \\ud800-style escape can decode to a lone surrogate, which no encoder can write
+    back: such a record is refused here rather than failing later in an output."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(
+            "bad_json", f"JSON holds an unpaired UTF-16 surrogate: {exc.reason}"
+        ) from exc
+
+
+def is_finite_number(value: object) -> bool:
+    """True for ints and finite floats (bool excluded)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)

@@ -1,0 +1,14 @@
+"""Kafka adapters over confluent-kafka: safe producer, batched consumer, topic admin."""
+
+from shared.kafka.admin import TopicError, ensure_topics, require_topics
+from shared.kafka.consumer import BatchConsumer
+from shared.kafka.producer import DeliveryError, SafeProducer
+
+__all__ = [
+    "BatchConsumer",
+    "DeliveryError",
+    "SafeProducer",
+    "TopicError",
+    "ensure_topics",
+    "require_topics",
+]

@@ -1,0 +1,125 @@
+"""Batched consumer that stores offsets only after a batch's output is handled.
+
+Auto-commit commits stored offsets in the background; offsets are stored explicitly
+after the caller says the batch is done (`done(batch)`), so a crash replays the batch
+instead of losing it (at-least-once; exact effect comes from checkpoints, DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from shared.kafka.position import position
+
+log = logging.getLogger(__name__)
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: Iterable[str] | None,
+        *,
+        session_timeout_ms: int = 6000,
+        auto_offset_reset: str = "earliest",
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        **config: Any,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
+            "auto.offset.reset": auto_offset_reset,
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "enable.partition.eof": False,
+            # A fetch that includes a quiet partition (labels, often) must not wait the
+            # default 500 ms for it: that halves throughput on Tansu.
+            "fetch.wait.max.ms": 10,
+        }
+        conf.update(config)
+        self._consumer = Consumer(conf)
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self.assignment: list[TopicPartition] = []
+        if topics is not None:  # group-managed; otherwise the owner calls assign()
+            self._consumer.subscribe(
+                list(topics), on_assign=self._assigned, on_revoke=self._revoked
+            )
+
+    def assign_exact(self, partitions: list[TopicPartition]) -> None:
+        """From an on_assign callback: take the group's partitions at chosen offsets."""
+        self.assignment = list(partitions)
+        self._consumer.assign(self.assignment)
+
+    def assign(self, positions: dict[tuple[str, int], int]) -> None:
+        """Own these partitions outright, reading each from the given offset."""
+        self.assignment = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        self._consumer.assign(self.assignment)
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment = list(partitions)
+        log.info(
+            "partitions assigned",
+            extra={"fields": {"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}},
+        )
+        if self._on_assign is not None:
+            self._on_assign(partitions)
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.assignment = [p for p in self.assignment if (p.topic, p.partition) not in gone]
+        if self._on_revoke is not None:
+            self._on_revoke(partitions)
+
+    def pause(self, partitions: list[tuple[str, int]]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[tuple[str, int]]) -> None:
+        self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to `max_records` data records; transient errors are logged, fatal ones raised."""
+        records = []
+        for msg in self._consumer.consume(max_records, timeout):
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.fatal():
+                raise KafkaException(err)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"fields": {"error": err.str()}})
+        return records
+
+    def done(self, batch: list[Message]) -> None:
+        """Mark a batch handled: store the next offset of each partition it touched."""
+        last: dict[tuple[str, int], int] = {}
+        for msg in batch:
+            topic, partition, offset = position(msg)
+            last[(topic, partition)] = offset
+        self.store(last)
+
+    def store(self, handled: dict[tuple[str, int], int]) -> None:
+        """Store, per (topic, partition), the offset after the last handled record."""
+        if handled:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in handled.items()]
+            )
+
+    def close(self) -> None:
+        """Commit what was stored, leave the group."""
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("final commit failed", extra={"fields": {"error": str(exc)}})
+        finally:
+            self._consumer.close()

@@ -1,0 +1,96 @@
+"""A producer whose delivery failures cannot pass silently.
+
+The delivery callback remembers the first error; the next `produce` or `flush` raises it.
+`flush` also raises when records are still undelivered at its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DeliveryError(RuntimeError):
+    """A record was not written to Kafka."""
+
+
+class SafeProducer:
+    def __init__(self, bootstrap: str, **config: Any) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,  # no duplicates, no reordering on retries
+            "acks": "all",
+            "message.max.bytes": 2_000_000,
+            "queue.buffering.max.messages": 200_000,
+        }
+        conf.update(config)
+        self._producer = Producer(conf)
+        self._error: DeliveryError | None = None
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self._error is None:
+                self._error = DeliveryError(
+                    f"delivery to {msg.topic()} failed: {err.str()} (code {err.name()})"
+                )
+            log.error(
+                "delivery failed", extra={"fields": {"topic": msg.topic(), "error": str(err)}}
+            )
+        else:
+            self.delivered += 1
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Queue one record; raises a pending delivery error first. Waits when the queue is full."""
+        self._raise_pending()
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # queue full: serve callbacks, then retry
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every queued record; raise if any failed or is still queued."""
+        remaining = self._producer.flush(timeout)
+        self._raise_pending()
+        if remaining:
+            raise DeliveryError(f"{remaining} records still undelivered after {timeout:.0f}s")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver what is queued (raising on failure), then release the client's threads."""
+        try:
+            self.flush(timeout)
+        finally:
+            close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.11
+            if close is not None:
+                close()

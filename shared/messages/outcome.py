@@ -1,0 +1,61 @@
+"""outcome/v1: a prediction joined with its true label (schemas/outcome.v1.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from shared.messages.fields import Scalar
+from shared.messages.lineage import Lineage
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    KIND: ClassVar[str] = "outcome/v1"
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "event_id",
+        "entity",
+        "ts",
+        "pipeline",
+        "model",
+        "model_version",
+        "task",
+        "prediction",
+        "proba",
+        "label",
+        "label_source",
+        "label_lag_events",
+        "lineage",
+    )
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    event_id: str
+    entity: str
+    ts: float
+    pipeline: str
+    model: str
+    model_version: int
+    task: str
+    prediction: Scalar
+    proba: tuple[tuple[Scalar, float], ...] | None
+    label: Scalar
+    label_source: str  # inline | topic | default
+    label_lag_events: int
+    lineage: Lineage
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "entity": self.entity,
+            "ts": self.ts,
+            "pipeline": self.pipeline,
+            "model": self.model,
+            "model_version": self.model_version,
+            "task": self.task,
+            "prediction": self.prediction,
+            "proba": None if self.proba is None else [[c, p] for c, p in self.proba],
+            "label": self.label,
+            "label_source": self.label_source,
+            "label_lag_events": self.label_lag_events,
+            "lineage": self.lineage.to_wire(),
+        }

@@ -1,0 +1,170 @@
+"""Vowpal Wabbit (vowpal-wabbit-next) behind the same per-record interface as River.
+
+Features become one VW namespace: numbers as `name:value`, booleans as `name:0|1`, strings
+one-hot as `name=value`. Binary tasks use logistic loss and link (label True/1 -> 1, else
+-1); multiclass uses one-against-all over the spec's `classes`, with logistic scores turned
+into probabilities as VW's `--probabilities` does, and adaptive + invariant updates (VW's
+`--normalized` state does not survive a save/load with --oaa, so a restored model would
+drift); regression uses VW's squared loss. Checkpoints use VW's own serialization, with
+performance counters preserved so a restored model continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import vowpal_wabbit_next as vw
+
+Scalar = int | float | str | bool | None
+Proba = tuple[tuple[Scalar, float], ...]
+
+_FORBIDDEN = {
+    "-d", "--data", "-f", "--final_regressor", "-i", "--initial_regressor", "-c", "--cache",
+    "--cache_file", "-p", "--predictions", "-r", "--raw_predictions", "--readable_model",
+    "--invert_hash", "--save_per_pass", "--daemon", "--port", "--oaa", "--probabilities",
+    "--scores", "--link", "--loss_function", "--audit_regressor",
+    "--dump_json_weights_experimental",
+}  # fmt: skip
+_UNSAFE = re.compile(r"[\s:|]")
+
+
+class VWConfigError(ValueError):
+    pass
+
+
+def vw_args(user_args: str | Sequence[str], task: str, classes: Sequence[Any] | None) -> list[str]:
+    """The spec's arguments plus what the task needs; file and driver options are refused."""
+    args = shlex.split(user_args) if isinstance(user_args, str) else [str(a) for a in user_args]
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in _FORBIDDEN:
+            raise VWConfigError(f"VW option {name} is not allowed here (Headwater sets it)")
+    base = ["--quiet", "--preserve_performance_counters"]
+    if task == "binary":
+        base += ["--loss_function=logistic", "--link=logistic"]
+    elif task == "multiclass":
+        if not classes or len(classes) < 2:
+            raise VWConfigError("multiclass VW models need `classes`: the list of labels")
+        if len(set(classes)) != len(classes):
+            raise VWConfigError("`classes` has duplicates")
+        if "--normalized" in args:
+            raise VWConfigError("--normalized is not restorable with multiclass (--oaa) models")
+        base += ["--oaa", str(len(classes)), "--scores", "--loss_function=logistic"]
+        base += ["--adaptive", "--invariant"]
+    elif classes:
+        raise VWConfigError("`classes` applies to multiclass tasks only")
+    return base + args
+
+
+_NAMES: dict[str, str] = {}  # sanitised feature names; names repeat from event to event
+_MAX_NAMES = 100_000
+
+
+def _name(key: str) -> str:
+    name = _NAMES.get(key)
+    if name is None:
+        if len(_NAMES) >= _MAX_NAMES:  # hostile streams of unique names stay bounded
+            _NAMES.clear()
+        name = _NAMES[key] = _UNSAFE.sub("_", key)
+    return name
+
+
+def features_text(x: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in x.items():
+        kind = type(value)
+        if kind is float or kind is int:
+            parts.append(f"{_name(key)}:{value}")
+        elif kind is bool:
+            parts.append(f"{_name(key)}:{int(value)}")
+        elif kind is str:
+            parts.append(f"{_name(key)}={_UNSAFE.sub('_', value)}")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{_name(key)}:{float(value)}")  # subclasses, NumPy scalars
+    return "|f " + " ".join(parts)
+
+
+class VWModel:
+    def __init__(
+        self,
+        name: str,
+        args: str | Sequence[str],
+        task: str,
+        classes: Sequence[Any] | None = None,
+        model_data: bytes | None = None,
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.user_args = args
+        self.classes = list(classes) if classes else None
+        self._index = {c: i + 1 for i, c in enumerate(self.classes or [])}
+        self.args = vw_args(args, task, classes)
+        try:
+            self.workspace = vw.Workspace(self.args, model_data=model_data)
+        except Exception as exc:  # vw raises its own error types for bad arguments
+            raise VWConfigError(f"VW rejected the arguments {self.args}: {exc}") from exc
+        self.parser = vw.TextFormatParser(self.workspace)
+        self._last: tuple[Mapping[str, Any], Any] | None = None
+
+    def predict(self, x: Mapping[str, Any]) -> tuple[Scalar, Proba | None]:
+        example = self.parser.parse_line(features_text(x))
+        self._last = (x, example)  # learn() on the same features reuses the parsed example
+        out: Any = self.workspace.predict_one(example)  # a scalar, or a list for --oaa
+        if self.task == "binary":
+            p = float(out)
+            return p >= 0.5, ((False, 1.0 - p), (True, p))
+        if self.task == "multiclass":
+            assert self.classes is not None
+            odds = [1.0 / (1.0 + math.exp(-float(score))) for score in out]
+            total = sum(odds)
+            probs = [o / total for o in odds]
+            best = max(range(len(probs)), key=probs.__getitem__)
+            return self.classes[best], tuple(zip(self.classes, probs, strict=True))
+        return float(out), None
+
+    def learn(self, x: Mapping[str, Any], y: Scalar) -> None:
+        if self.task == "binary":
+            label = "1" if y is True or y == 1 else "-1"
+        elif self.task == "multiclass":
+            index = self._index.get(y)
+            if index is None:
+                raise ValueError(f"label {y!r} is not one of the spec's classes {self.classes}")
+            label = str(index)
+        else:
+            label = repr(float(y))  # type: ignore[arg-type]
+        last = self._last
+        # Regression labels are re-parsed: VW reads text labels to float32 its own way,
+        # and a model must learn the same whichever path a label took.
+        if last is not None and last[0] is x and self.task != "regression":
+            example = last[1]
+            example.set_label(self._label_object(label))
+        else:
+            example = self.parser.parse_line(f"{label} {features_text(x)}")
+        self._last = None
+        self.workspace.learn_one(example)
+
+    def _label_object(self, label: str) -> Any:
+        if self.task == "multiclass":
+            return vw.MulticlassLabel(int(label))
+        return vw.SimpleLabel(float(label))  # +1 / -1: exact in float32
+
+    def serialize(self) -> bytes:
+        return bytes(self.workspace.serialize())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "args": self.user_args,
+            "classes": self.classes,
+            "model": self.serialize(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["name"], state["args"], state["task"], state["classes"], state["model"]
+        )

@@ -1,0 +1,93 @@
+"""Runtime settings, read from `HEADWATER_*` environment variables.
+
+Every service composes these; nothing is read at import time — call `load_settings()`
+in a composition root.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TopicNames(BaseModel):
+    """Topic names of one deployment (DESIGN §2). Override with HEADWATER_TOPICS__EVENTS etc."""
+
+    model_config = ConfigDict(frozen=True)
+
+    events: str = Field("events", description="Raw events from producers.")
+    labels: str = Field("labels", description="Delayed labels from producers.")
+    events_valid: str = Field("events.valid", description="Events that passed ingest.")
+    events_dlq: str = Field("events.dlq", description="Dead-letter envelopes.")
+    features: str = Field("features", description="Events plus computed features.")
+    predictions: str = Field("predictions", description="prediction/v1 records.")
+    outcomes: str = Field("outcomes", description="Predictions joined with their labels.")
+    drift_alerts: str = Field("drift.alerts", description="drift-alert/v1 records.")
+
+
+class Settings(BaseSettings):
+    """All of Headwater's configuration; each field maps to `HEADWATER_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEADWATER_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for state.")
+    topics: TopicNames = Field(default_factory=lambda: TopicNames())
+    consumer_group_prefix: str = Field("headwater", description="Prefix of consumer groups.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="Records per consume batch.")
+    poll_timeout_s: float = Field(0.2, gt=0, le=30, description="Max wait of one consume.")
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer group session timeout (Tansu wants <= 6000)."
+    )
+    merge_idle_ms: int = Field(
+        500,
+        ge=0,
+        le=60_000,
+        description="How long an input with nothing buffered holds back the ordered merge.",
+    )
+    checkpoint_key: SecretStr = Field(
+        SecretStr("headwater-dev-key"),
+        description="HMAC key authenticating checkpoint blobs; set your own in production.",
+    )
+    checkpoint_every_records: int = Field(
+        10_000, ge=1, description="Checkpoint after this many input records..."
+    )
+    checkpoint_interval_s: float = Field(
+        10.0, gt=0, description="...or after this many seconds, whichever comes first."
+    )
+    checkpoints_kept: int = Field(10, ge=1, le=1000, description="Checkpoint versions kept.")
+    lease_ttl_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=60,
+        description="A dead learner's lease expires after this; standby takes over.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
+    max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest record Headwater accepts or writes."
+    )
+
+
+class SettingsError(ValueError):
+    """Bad configuration, each problem named by its environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides, which win)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [
+            f"HEADWATER_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        ]
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None

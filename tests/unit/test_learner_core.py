@@ -1,0 +1,168 @@
+import itertools
+
+import pytest
+from river import datasets, evaluate, linear_model, metrics, preprocessing, tree
+
+from services.learner.core import LearnerCore
+from services.replay.datasets import dataset_events
+from shared.messages import Event, Label, Lineage, MessageError
+from shared.spec import load_spec, parse_spec
+
+from .test_spec import ROOT
+
+
+def run_core(core, events):
+    out = []
+    for offset, ev in enumerate(events):
+        out.extend(core.process(ev, Lineage("events", 0, offset)))
+    return out
+
+
+def test_phishing_matches_river_progressive_val_score():
+    core = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/phishing.yaml"))
+    predictions = run_core(core, dataset_events("Phishing"))
+    river_lr = evaluate.progressive_val_score(
+        datasets.Phishing(),
+        preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        metrics.Accuracy(),
+    )
+    river_tree = evaluate.progressive_val_score(
+        datasets.Phishing(), tree.HoeffdingTreeClassifier(grace_period=50), metrics.Accuracy()
+    )
+    values = core.metric_values()
+    assert values["logreg"]["Accuracy"] == pytest.approx(river_lr.get(), abs=0)
+    assert values["hoeffding-tree"]["Accuracy"] == pytest.approx(river_tree.get(), abs=0)
+    assert f"{values['logreg']['Accuracy']:.2%}" == "89.28%"
+    assert len(predictions) == 3 * 1250
+    assert core.labels_learned == 1250
+    lr = [p for p in predictions if p.model == "logreg"]
+    assert all(p.proba is not None and abs(sum(v for _, v in p.proba) - 1) < 1e-9 for p in lr[1:])
+
+
+def test_regression_and_multiclass_match_river():
+    core = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/trump-approval.yaml"))
+    run_core(core, dataset_events("TrumpApproval"))
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression(intercept_lr=0.1)
+    expected = evaluate.progressive_val_score(datasets.TrumpApproval(), model, metrics.MAE())
+    assert core.metric_values()["linreg"]["MAE"] == expected.get()
+
+    spec = load_spec(ROOT / "ops/pipelines/image-segments.yaml")
+    core = LearnerCore.from_spec(spec)
+    events = list(itertools.islice(dataset_events("ImageSegments"), 500))
+    predictions = run_core(core, events)
+    assert {p.prediction for p in predictions if p.model == "knn"} <= {e.label for e in events} | {
+        None
+    }
+
+
+def test_unlabelled_events_are_scored_but_not_learned():
+    core = LearnerCore.from_spec(
+        parse_spec(
+            "name: p\ntask: binary\nmodels: [{name: m, river: river.tree.HoeffdingTreeClassifier}]"
+        )
+    )
+    out = core.process(Event("e1", "u", 0.0, {"x": 1.0, "gone": None}), Lineage("events", 0, 0))
+    assert out[0].prediction is None or isinstance(out[0].prediction, bool)
+    assert core.events_seen == 1
+    assert core.labels_learned == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "label"),
+    [("regression", "high"), ("regression", True), ("multiclass", 1.5), ("binary", 0.5)],
+)
+def test_labels_the_task_cannot_learn_are_rejected(task, label):
+    model = (
+        "river.linear_model.LinearRegression"
+        if task == "regression"
+        else "river.tree.HoeffdingTreeClassifier"
+    )
+    core = LearnerCore.from_spec(
+        parse_spec(f"name: p\ntask: {task}\nmodels: [{{name: m, river: {model}}}]\n")
+    )
+    with pytest.raises(MessageError) as info:
+        core.process(Event("e1", "u", 0.0, {"x": 1.0}, label), Lineage("events", 0, 0))
+    assert info.value.reason == "bad_label"
+    assert core.events_seen == 0
+
+
+@pytest.mark.parametrize("delay", [0, 10, 100])
+def test_delayed_labels_through_the_ordered_merge_match_river(delay):
+    """Replay's plan, fetched in a shuffled interleaving, merged, then joined by the core."""
+    import random
+
+    from services.replay.plan import plan
+    from shared.ordering import OrderedMerge
+
+    spec = load_spec(ROOT / "ops/pipelines/phishing.yaml")
+    core = LearnerCore.from_spec(spec)
+    sends = list(plan(dataset_events("Phishing"), delay))
+    topics = {"event": [], "label": []}
+    for send in sends:
+        topics[send.kind].append(send.message)
+    clock = [0.0]
+    merge = OrderedMerge(idle_s=1.0, clock=lambda: clock[0])
+    merge.set_inputs(topics)
+    rng = random.Random(delay)
+    cursors = dict.fromkeys(topics, 0)
+    while any(cursors[k] < len(topics[k]) for k in topics):
+        kind = rng.choice([k for k in topics if cursors[k] < len(topics[k])])
+        for offset in range(
+            cursors[kind], min(cursors[kind] + rng.randint(1, 50), len(topics[kind]))
+        ):
+            msg = topics[kind][offset]
+            merge.push(kind, (msg.ts, 0 if kind == "label" else 1, 0, offset), (kind, offset, msg))
+            cursors[kind] = offset + 1
+        for kind_, offset, msg in merge.pop_ready():
+            if kind_ == "label":
+                assert core.process_label(msg) == "joined"
+            else:
+                core.process(msg, Lineage("events", 0, offset))
+    clock[0] = 10.0
+    for kind_, offset, msg in merge.pop_ready():
+        if kind_ == "label":
+            assert core.process_label(msg) == "joined"
+        else:
+            core.process(msg, Lineage("events", 0, offset))
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    expected = evaluate.progressive_val_score(
+        datasets.Phishing(), model, metrics.Accuracy(), delay=delay
+    )
+    assert core.metric_values()["logreg"]["Accuracy"] == expected.get()
+    assert core.labels_learned == 1250
+    assert not core.pending
+
+
+def test_labels_past_the_horizon_or_unknown_only_count():
+    spec = parse_spec(
+        "name: p\ntask: binary\nmodels: [{name: m, river: river.linear_model.LogisticRegression}]\n"
+        "labels: {horizon_events: 2, default: false}\n"
+    )
+    core = LearnerCore.from_spec(spec)
+
+    def event(i):
+        core.process(Event(f"e{i}", "u", float(i), {"x": float(i)}), Lineage("events", 0, i))
+
+    for i in range(4):
+        event(i)
+    assert list(core.pending) == ["e2", "e3"]
+    assert core.expired_defaulted == 2  # e0 and e1 learned the default label
+    assert core.labels_learned == 2
+    assert core.process_label(Label("e0", "u", 5.0, True)) == "early"  # too late: waits, in vain
+    assert core.process_label(Label("zz", "u", 5.0, True)) == "early"  # never seen
+    assert core.process_label(Label("e3", "u", 5.0, True)) == "joined"
+    assert core.labels_learned == 3
+    event(4)
+    assert core.labels_unmatched == 0
+    event(5)
+    assert core.labels_unmatched == 2
+    assert not core.early
+
+
+def test_a_label_before_its_event_is_joined_when_the_event_comes():
+    core = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/phishing.yaml"))
+    assert core.process_label(Label("e1", "u", 1.0, True)) == "early"
+    core.process(Event("e1", "u", 1.0, {"x": 1.0}), Lineage("events", 0, 0))
+    assert core.labels_learned == 1
+    assert not core.pending
+    assert not core.early

@@ -1,0 +1,74 @@
+import pytest
+
+from shared.messages import Event, Label, Lineage, MessageError, Prediction
+
+
+def event(**over):
+    base = {"event_id": "e1", "entity": "u1", "ts": 10.5, "data": {"x": 1.0, "s": "a", "b": True}}
+    base.update(over)
+    return base
+
+
+def test_event_round_trip():
+    ev = Event.from_wire(event(label=True))
+    assert ev.label is True
+    assert Event.from_wire(ev.to_wire()) == ev
+    assert "label" not in ev.without_label().to_wire()
+
+
+@pytest.mark.parametrize(
+    ("record", "reason", "field"),
+    [
+        ([1, 2], "not_an_object", "event/v1"),
+        ({"entity": "u", "ts": 1, "data": {}}, "missing_field", "event_id"),
+        (event(extra=1), "unknown_field", "extra"),
+        (event(event_id=""), "bad_value", "event_id"),
+        (event(event_id=5), "wrong_type", "event_id"),
+        (event(ts="yesterday"), "wrong_type", "ts"),
+        (event(ts=-1), "bad_value", "ts"),
+        (event(ts=float("nan")), "non_finite", "ts"),
+        (event(data={"x": float("inf")}), "non_finite", "data.x"),
+        (event(data={"x": [1]}), "wrong_type", "data.x"),
+        (event(data={"x": {"y": 1}}), "wrong_type", "data.x"),
+        (event(data={"": 1}), "bad_value", "data"),
+        (event(data=[1]), "wrong_type", "data"),
+        (event(label=[1]), "wrong_type", "label"),
+        (event(entity="u" * 300), "too_long", "entity"),
+    ],
+)
+def test_event_errors_name_the_field(record, reason, field):
+    with pytest.raises(MessageError) as info:
+        Event.from_wire(record)
+    assert info.value.reason == reason
+    assert field in str(info.value)
+
+
+def test_label_requires_a_value():
+    with pytest.raises(MessageError, match="label must not be null"):
+        Label.from_wire({"event_id": "e", "entity": "u", "ts": 1, "label": None})
+    label = Label.from_wire({"event_id": "e", "entity": "u", "ts": 1, "label": "spam"})
+    assert Label.from_wire(label.to_wire()) == label
+
+
+def test_prediction_round_trip_and_proba_checks():
+    p = Prediction(
+        "e",
+        "u",
+        1.0,
+        "p",
+        "m",
+        0,
+        "binary",
+        True,
+        ((True, 0.8), (False, 0.2)),
+        Lineage("events", 0, 7),
+    )
+    assert Prediction.from_wire(p.to_wire()) == p
+    wire = p.to_wire()
+    wire["proba"] = [[True, 1.5]]
+    with pytest.raises(MessageError, match=r"proba\[0\]\[1\]"):
+        Prediction.from_wire(wire)
+    wire["proba"] = None
+    wire["task"] = "ranking"
+    with pytest.raises(MessageError, match="task"):
+        Prediction.from_wire(wire)
