@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -15,6 +16,25 @@ def read_topic(
     bootstrap: str, topic: str, expected: int, timeout: float = 60.0, partitions: int = 1
 ) -> list[Any]:
     """Decoded values until `expected` records arrived; fails loudly on a timeout."""
+    return read_until(
+        bootstrap, topic, lambda out: len(out) >= expected, f"{expected} records", timeout, partitions
+    )
+
+
+def read_until(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    what: str,
+    timeout: float = 60.0,
+    partitions: int = 1,
+    settle: float = 0.0,
+) -> list[Any]:
+    """Decoded values from the start until `done(values)` holds, then `settle` seconds more.
+
+    Tests decide they have read enough from the records themselves, never from the broker's
+    watermark, so a count that lags or leads the log cannot cut a read short.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -26,11 +46,17 @@ def read_topic(
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < expected:
-            assert time.monotonic() < deadline, f"only {len(out)} of {expected} records on {topic}"
+        while not done(out):
+            assert time.monotonic() < deadline, f"{len(out)} records on {topic}, not {what}"
             for msg in consumer.consume(500, 0.2):
                 assert msg.error() is None, msg.error()
                 out.append(decode(msg.value()))
+        quiet_until = time.monotonic() + settle
+        while time.monotonic() < quiet_until:
+            for msg in consumer.consume(500, 0.2):
+                assert msg.error() is None, msg.error()
+                out.append(decode(msg.value()))
+                quiet_until = time.monotonic() + settle
     finally:
         consumer.close()
     return out

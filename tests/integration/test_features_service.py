@@ -82,7 +82,7 @@ def test_sigkill_and_restart_re_emits_identical_features(settings, tmp_path):
     from shared.checkpoint.store import CheckpointStore
 
     from .conftest import service_env
-    from .helpers import count_now
+    from .helpers import read_until
 
     spec_file = tmp_path / "windows.yaml"
     spec_file.write_text(SPEC)
@@ -119,13 +119,18 @@ def test_sigkill_and_restart_re_emits_identical_features(settings, tmp_path):
             time.sleep(0.1)
     finally:
         assert proc.stop() == 0, proc.log_tail()
-    total = -1
-    while total != (total := count_now(settings.kafka_bootstrap, settings.topics.features)):
-        time.sleep(1.0)  # until the topic's high watermark has settled
     records = [
         FeatureRecord.from_wire(r)
-        for r in read_topic(settings.kafka_bootstrap, settings.topics.features, total)
+        for r in read_until(
+            settings.kafka_bootstrap,
+            settings.topics.features,
+            lambda out: len({r["lineage"]["offset"] for r in out}) >= n,
+            f"every one of the {n} source offsets",
+            timeout=120,
+            settle=2.0,
+        )
     ]
+    total = len(records)
     assert total > n  # the kills did cause re-emission
     first: dict[int, FeatureRecord] = {}
     for r in records:

@@ -24,7 +24,7 @@ from shared.settings import Settings
 from shared.spec import load_spec
 
 from .conftest import service_env
-from .helpers import count_now, read_topic
+from .helpers import read_until
 
 SPEC = """
 name: fault
@@ -143,8 +143,13 @@ def test_sigkill_at_random_moments_learns_each_label_exactly_once(settings, spec
         assert fingerprint(state.core.models[name]) == fingerprint(reference.models[name]), name
     assert state.core.metric_values() == reference.metric_values()
     # every event has its predictions once lineage duplicates (re-emitted after kills) are dropped
-    total = count_now(settings.kafka_bootstrap, settings.topics.predictions)
-    records = read_topic(settings.kafka_bootstrap, settings.topics.predictions, total, timeout=120)
+    records = read_until(
+        settings.kafka_bootstrap,
+        settings.topics.predictions,
+        lambda out: len({(r["model"], r["lineage"]["offset"]) for r in out}) >= 2 * n,
+        f"predictions of both models for all {n} events",
+        timeout=120,
+    )
     unique = {(r["model"], r["lineage"]["offset"]): r for r in records}
     assert len(unique) == 2 * n
     mid_stream = [seen for seen in progress_at_kill if 0 < seen < n]
