@@ -17,7 +17,12 @@ def read_topic(
 ) -> list[Any]:
     """Decoded values until `expected` records arrived; fails loudly on a timeout."""
     return read_until(
-        bootstrap, topic, lambda out: len(out) >= expected, f"{expected} records", timeout, partitions
+        bootstrap,
+        topic,
+        lambda out: len(out) >= expected,
+        f"{expected} records",
+        timeout,
+        partitions,
     )
 
 
