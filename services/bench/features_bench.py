@@ -86,7 +86,7 @@ def service_rate(stack: LocalStack, n: int, timeout: float = 600) -> float:
         _check(deadline, thread)
         time.sleep(0.0005)
     started = time.perf_counter()
-    while service.producer.delivered < n:
+    while service.emitted < n or service.producer.in_flight:  # every record acknowledged
         _check(deadline, thread)
         time.sleep(0.001)
     elapsed = time.perf_counter() - started

@@ -115,7 +115,8 @@ def service_rate(
             _check(deadline, thread)
             time.sleep(0.0005)
         started = time.perf_counter()
-        while service.producer.delivered < len(events):  # every prediction acknowledged
+        # every event scored and learned, and its prediction and outcome acknowledged
+        while service.core.events_seen < len(events) or service.producer.in_flight:
             _check(deadline, thread)
             time.sleep(0.001)
         elapsed = time.perf_counter() - started

@@ -102,6 +102,7 @@ class FeaturesService:
                 )
                 if batch:
                     self.handle_batch(batch)
+                self.producer.poll()
                 if self._due():
                     try:
                         self.checkpoint(list(self.owned), "cadence")

@@ -199,6 +199,7 @@ class LearnerService:
             self.buffer(msg)
         self._apply_backpressure()
         self.release()
+        self.producer.poll()
         assert self.checkpointer is not None
         if self.checkpointer.due():
             try:

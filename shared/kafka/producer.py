@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, Message, Producer
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+POLL_EVERY = 256
 
 
 class DeliveryError(RuntimeError):
@@ -30,11 +31,15 @@ class SafeProducer:
             "acks": "all",
             "message.max.bytes": 2_000_000,
             "queue.buffering.max.messages": 200_000,
+            # Success reports cost a Python call per record; only failures need one.
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
         }
         conf.update(config)
         self._producer = Producer(conf)
         self._error: DeliveryError | None = None
-        self.delivered = 0
+        self._produced = 0
+        self._failed = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -42,11 +47,20 @@ class SafeProducer:
                 self._error = DeliveryError(
                     f"delivery to {msg.topic()} failed: {err.str()} (code {err.name()})"
                 )
+            self._failed += 1
             log.error(
                 "delivery failed", extra={"fields": {"topic": msg.topic(), "error": str(err)}}
             )
-        else:
-            self.delivered += 1
+
+    @property
+    def in_flight(self) -> int:
+        """Records queued or awaiting the broker's acknowledgement."""
+        return len(self._producer)
+
+    @property
+    def delivered(self) -> int:
+        """Records the broker acknowledged (as of the last poll or flush)."""
+        return self._produced - len(self._producer) - self._failed
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -64,7 +78,7 @@ class SafeProducer:
     ) -> None:
         """Queue one record; raises a pending delivery error first. Waits when the queue is full."""
         self._raise_pending()
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {}
         if headers:
             kwargs["headers"] = list(headers)
         if partition is not None:
@@ -77,6 +91,12 @@ class SafeProducer:
                 break
             except BufferError:
                 self._producer.poll(0.05)  # queue full: serve callbacks, then retry
+        self._produced += 1
+        if self._produced % POLL_EVERY == 0:
+            self._producer.poll(0)  # serve failure reports without a call per record
+
+    def poll(self) -> None:
+        """Serve delivery reports; services call it once per loop so counts stay current."""
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
