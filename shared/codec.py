@@ -29,8 +29,14 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def decode(payload: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """Decode MessagePack, or JSON when the payload starts like a JSON object."""
+def decode(
+    payload: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, *, json_constants: bool = False
+) -> Any:
+    """Decode MessagePack, or JSON when the payload starts like a JSON object.
+
+    `json_constants` lets JSON's non-standard NaN/Infinity through as floats (what Python's
+    json.dumps writes), for ingest to apply the pipeline's policy to them.
+    """
     if payload is None:
         raise CodecError("empty", "record has no value")
     if len(payload) > max_bytes:
@@ -40,7 +46,7 @@ def decode(payload: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     if not payload:
         raise CodecError("empty", "record value is empty")
     if payload.lstrip()[:1] in (b"{", b"["):
-        return _decode_json(payload)
+        return _decode_json(payload, json_constants)
     return _decode_msgpack(payload)
 
 
@@ -60,9 +66,9 @@ def _reject_constant(name: str) -> float:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _decode_json(payload: bytes) -> Any:
+def _decode_json(payload: bytes, constants: bool = False) -> Any:
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        obj = json.loads(payload, parse_constant=None if constants else _reject_constant)
     except UnicodeDecodeError as exc:
         raise CodecError("bad_json", f"JSON is not valid UTF-8: {exc}") from exc
     except (ValueError, RecursionError) as exc:

@@ -18,6 +18,7 @@ class TopicNames(BaseModel):
     events: str = Field("events", description="Raw events from producers.")
     labels: str = Field("labels", description="Delayed labels from producers.")
     events_valid: str = Field("events.valid", description="Events that passed ingest.")
+    labels_valid: str = Field("labels.valid", description="Labels that passed ingest.")
     events_dlq: str = Field("events.dlq", description="Dead-letter envelopes.")
     features: str = Field("features", description="Events plus computed features.")
     predictions: str = Field("predictions", description="prediction/v1 records.")

@@ -36,8 +36,9 @@ SpecOption = Annotated[
 
 
 class ServiceName(enum.StrEnum):
-    learner = "learner"
+    ingest = "ingest"
     features = "features"
+    learner = "learner"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -92,6 +93,10 @@ def run(
             from services.learner.app import run_learner
 
             run_learner(settings, pipeline, stop)
+        elif service is ServiceName.ingest:
+            from services.ingest.app import run_ingest
+
+            run_ingest(settings, pipeline, stop)
         else:
             from services.features.app import run_features
 
@@ -197,6 +202,8 @@ def main() -> None:
     from services.demo.run import DemoError
     from services.features.app import FeaturesConfigError
     from services.features.service import FeaturesFencedError
+    from services.ingest.app import IngestConfigError
+    from services.ingest.service import IngestFencedError
     from services.learner.checkpointing import FencedError, SpecMismatchError
     from services.replay.datasets import DatasetError
     from services.replay.recorded import RecordedStreamError
@@ -223,6 +230,8 @@ def main() -> None:
         SettingsError,
         FeaturesConfigError,
         FeaturesFencedError,
+        IngestConfigError,
+        IngestFencedError,
         FencedError,
         SpecMismatchError,
         CheckpointTamperedError,

@@ -95,7 +95,7 @@ def collect_predictions(
                     f"timed out after {timeout:.0f}s waiting for predictions: {got} of {expected}"
                 )
             if not alive():
-                raise DemoError("the learner exited before every prediction arrived")
+                raise DemoError("a service exited before every prediction arrived")
             for msg in consumer.consume(1000, 0.2):
                 if msg.error() is None:
                     p = Prediction.from_wire(decode(msg.value()))
@@ -155,7 +155,9 @@ def run_demo(
         with LocalStack(pipeline_topics(topics, 1)) as stack:
             say(f"  broker {stack.bootstrap}, redis {stack.redis_url}")
             env = {**stack.env(), "HEADWATER_LOG_FORMAT": "text"}
-            features = start_service("features", spec_path, env) if spec.features else None
+            helpers = [start_service("ingest", spec_path, env)]
+            if spec.features:
+                helpers.append(start_service("features", spec_path, env))
             learner = start_service("learner", spec_path, env)
             try:
                 wait_until_assigned(stack.redis_url, spec.name, learner)
@@ -170,24 +172,20 @@ def run_demo(
                     sent.events,
                     [m.name for m in spec.models],
                     timeout,
-                    learner.alive,
+                    lambda: learner.alive() and all(h.alive() for h in helpers),
                 )
                 seconds = time.monotonic() - started
             except DemoError as exc:
-                raise DemoError(f"{exc}\nlearner log:\n{learner.log_tail()}") from exc
+                logs = "\n".join(f"{p.name} log:\n{p.log_tail()}" for p in [*helpers, learner])
+                raise DemoError(f"{exc}\n{logs}") from exc
             finally:
-                code = learner.stop()
-                if features is not None:
-                    features_code = features.stop()
-            if code != 0:
-                raise DemoError(f"learner exited with {code}:\n{learner.log_tail()}")
-            if features is not None:
-                if features_code != 0:
+                codes = {p.name: p.stop() for p in [learner, *helpers]}
+            for proc in [*helpers, learner]:
+                if codes[proc.name] != 0:
                     raise DemoError(
-                        f"features service exited with {features_code}:\n{features.log_tail()}"
+                        f"{proc.name} exited with {codes[proc.name]}:\n{proc.log_tail()}"
                     )
-                features.cleanup()
-            learner.cleanup()
+                proc.cleanup()
     summary = DemoSummary(
         spec.name, name, sent.events, sent.labels, len(predictions), seconds, spec.champion
     )

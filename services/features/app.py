@@ -24,15 +24,14 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     if spec.features is None:
         raise FeaturesConfigError(f"pipeline {spec.name!r} declares no `features:` section")
     topics = settings.topics
-    # Until the ingest service lands, features are computed from the events topic itself.
     counts = require_topics(
-        settings.kafka_bootstrap, [topics.events, topics.features, topics.events_dlq]
+        settings.kafka_bootstrap, [topics.events_valid, topics.features, topics.events_dlq]
     )
-    if counts[topics.features] != counts[topics.events]:
+    if counts[topics.features] != counts[topics.events_valid]:
         raise FeaturesConfigError(
             f"topic {topics.features!r} has {counts[topics.features]} partitions and "
-            f"{topics.events!r} {counts[topics.events]}: features are written to the input's "
-            "partition number, so both need the same count"
+            f"{topics.events_valid!r} {counts[topics.events_valid]}: features are written to "
+            "the input's partition number, so both need the same count"
         )
     redis = RedisStore(settings.redis_url)
     redis.ping()
@@ -50,7 +49,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     consumer = BatchConsumer(
         settings.kafka_bootstrap,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
-        topics=[topics.events],
+        topics=[topics.events_valid],
         session_timeout_ms=settings.session_timeout_ms,
         on_assign=assigned,
         on_revoke=revoked,

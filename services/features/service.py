@@ -219,7 +219,7 @@ class FeaturesService:
                     f"partition {p} is owned by another instance: {exc}"
                 ) from exc
             owned.since_checkpoint = 0
-        topic = self.settings.topics.events
+        topic = self.settings.topics.events_valid
         self.consumer.store(
             {
                 (topic, p): self.owned[p].next_offset - 1

@@ -18,11 +18,13 @@ from shared.spec import PipelineSpec
 
 def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     topics = settings.topics
-    # With a `features:` section the learner reads the features service's output.
-    source = topics.features if spec.features is not None else topics.events
+    # With a `features:` section the learner reads the features service's output; labels
+    # come through ingest (labels.valid).
+    source = topics.features if spec.features is not None else topics.events_valid
+    labels = topics.labels_valid
     partitions = require_topics(
         settings.kafka_bootstrap,
-        [source, topics.labels, topics.predictions, topics.outcomes, topics.events_dlq],
+        [source, labels, topics.predictions, topics.outcomes, topics.events_dlq],
     )
     store = RedisStore(settings.redis_url)
     store.ping()
@@ -48,7 +50,7 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
             keep=settings.checkpoints_kept,
         ),
         Lease(store.client, store.key(spec.name, "learner", "lease"), settings.lease_ttl_s),
-        {source: partitions[source], topics.labels: partitions[topics.labels]},
+        {source: partitions[source], labels: partitions[labels]},
         LearnerMetrics.create(metrics),
         # No "caught up" shortcut: a cached high watermark can be stale while a producer is
         # still writing the other topic, and then fetch timing would decide the order.

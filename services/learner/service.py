@@ -317,7 +317,7 @@ class LearnerService:
         source = None
         try:
             obj = decode(raw, self.settings.max_message_bytes)
-            if topic == self.settings.topics.labels:
+            if topic == self.settings.topics.labels_valid:
                 item = Label.from_wire(obj)
                 order = (item.ts, LABEL_RANK, partition, offset)
             elif topic == self.settings.topics.features:

@@ -12,9 +12,9 @@ from jsonschema.exceptions import best_match
 from shared.models import build_model
 from shared.models.river_factory import FactoryError, build_metric, check_task
 from shared.schemas import validator
-from shared.spec.features import parse_features
+from shared.spec.features import parse_features, seconds
 from shared.spec.labels import check_label
-from shared.spec.model import LabelSettings, ModelSpec, PipelineSpec
+from shared.spec.model import IngestPolicy, LabelSettings, ModelSpec, PipelineSpec
 
 SPEC_KIND = "pipeline-spec/v1"
 
@@ -135,4 +135,17 @@ def _to_spec(doc: dict[str, Any]) -> PipelineSpec:
         metrics_window=doc.get("metrics_window", 1000),
         features=parse_features(doc.get("features", {}))[0],
         description=doc.get("description", ""),
+        ingest=_ingest_policy(doc),
+    )
+
+
+def _ingest_policy(doc: dict[str, Any]) -> IngestPolicy:
+    section = doc.get("ingest", {})
+    default = IngestPolicy()
+    return IngestPolicy(
+        unknown_fields=section.get("unknown_fields", default.unknown_fields),
+        non_finite=section.get("non_finite", default.non_finite),
+        dedupe_horizon_s=seconds(section.get("dedupe_horizon", default.dedupe_horizon_s)),
+        dedupe_max_ids=section.get("dedupe_max_ids", default.dedupe_max_ids),
+        entity_field=doc.get("entity_field", "entity"),
     )

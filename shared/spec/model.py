@@ -24,6 +24,17 @@ class LabelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """How ingest treats what the contract does not allow; see the README's Ingest section."""
+
+    unknown_fields: str = "reject"  # or "drop"
+    non_finite: str = "missing"  # NaN/infinity in data: "missing" (null) or "reject"
+    dedupe_horizon_s: float = 3600.0  # event time an id is remembered for
+    dedupe_max_ids: int = 1_000_000  # per partition, whatever the horizon
+    entity_field: str = "entity"
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineSpec:
     name: str
     task: str
@@ -35,6 +46,7 @@ class PipelineSpec:
     metrics_window: int = 1000
     features: FeatureSpec | None = None
     description: str = ""
+    ingest: IngestPolicy = IngestPolicy()
 
     @property
     def is_classification(self) -> bool:

@@ -33,19 +33,37 @@ def stack() -> Iterator[LocalStack]:
         yield s
 
 
+def _fresh_topics(stack: LocalStack, request: pytest.FixtureRequest, direct: bool) -> TopicNames:
+    RedisStore(stack.redis_url).client.flushdb()
+    prefix = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    names = {f: f"{prefix}.{f}" for f in TopicNames.model_fields}
+    if direct:  # no ingest in between: the learner and features read what producers write
+        names["events_valid"], names["labels_valid"] = names["events"], names["labels"]
+    topics = TopicNames(**names)
+    ensure_topics(stack.bootstrap, {n: 1 for n in topics.model_dump().values()})
+    return topics
+
+
 @pytest.fixture
 def topics(stack: LocalStack, request: pytest.FixtureRequest) -> TopicNames:
     """Fresh topics, one partition each, named after the test — and an empty Redis, since
-    checkpoints are keyed by pipeline name, which tests share."""
-    RedisStore(stack.redis_url).client.flushdb()
-    prefix = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
-    names = TopicNames(**{f: f"{prefix}.{f}" for f in TopicNames.model_fields})
-    ensure_topics(stack.bootstrap, {n: 1 for n in names.model_dump().values()})
-    return names
+    checkpoints are keyed by pipeline name, which tests share. Services run without ingest:
+    events.valid and labels.valid are the producers' topics themselves."""
+    return _fresh_topics(stack, request, direct=True)
 
 
 @pytest.fixture
 def settings(stack: LocalStack, topics: TopicNames) -> Settings:
+    return _settings(stack, topics)
+
+
+@pytest.fixture
+def ingest_settings(stack: LocalStack, request: pytest.FixtureRequest) -> Settings:
+    """As `settings`, with ingest between the producers' topics and the services."""
+    return _settings(stack, _fresh_topics(stack, request, direct=False))
+
+
+def _settings(stack: LocalStack, topics: TopicNames) -> Settings:
     return Settings(
         kafka_bootstrap=stack.bootstrap,
         redis_url=stack.redis_url,

@@ -1,0 +1,1 @@
+"""Ingest: validation, normalisation, deduplication and dead letters for producer input."""

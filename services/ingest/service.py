@@ -1,0 +1,401 @@
+"""The ingest service's Kafka loop: validate, normalise, deduplicate, dead-letter.
+
+Inputs (the events and labels topics) are group-managed; each owned input partition has its
+own fenced checkpoint: the recent ids, the next offset, running counts, and the output
+topics' end offsets at that moment. Outputs are deterministic, so after a crash the records
+written since the last checkpoint are found by reading the outputs from those end offsets
+(lineage in a header, or in the dead-letter envelope) and are not written a second time:
+each input record reaches events.valid, labels.valid or events.dlq once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from prometheus_client import Counter as PromCounter
+
+from services.ingest.dedupe import RecentIds
+from services.ingest.normalize import normalise_event, normalise_label
+from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
+from shared.codec import CodecError, decode, encode
+from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka.position import position
+from shared.messages import DeadLetter, Event, Label, MessageError
+from shared.metrics import ServiceMetrics
+from shared.settings import Settings
+from shared.spec import IngestPolicy
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+KIND_HEADER = "headwater-kind"
+LINEAGE_HEADER = "headwater-lineage"  # "topic:partition:offset" of the input record
+COUNTS = ("in", "valid", "deduplicated", "dead_lettered")
+
+
+class IngestFencedError(RuntimeError):
+    pass
+
+
+@dataclass
+class PartitionState:
+    """What is checkpointed for one input partition."""
+
+    recent: RecentIds
+    next_offset: int = OFFSET_BEGINNING
+    counts: Counter[str] = field(default_factory=Counter)  # COUNTS, and dlq:<reason>
+    # output topic -> partition -> end offset when this state was checkpointed
+    marks: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Owned:
+    kind: str  # "event" or "label"
+    store: CheckpointStore
+    epoch: int
+    state: PartitionState
+    written: set[int] = field(default_factory=set)  # offsets already in an output (recovery)
+    since_checkpoint: int = 0
+
+
+@dataclass
+class IngestMetrics:
+    records: PromCounter
+    dead_letters: PromCounter
+
+    @classmethod
+    def create(cls, m: ServiceMetrics) -> IngestMetrics:
+        return cls(
+            m.counter(
+                "records_total",
+                "Input records: in, valid, deduplicated, dead_lettered.",
+                ("outcome",),
+            ),
+            m.counter("dead_letters_total", "Dead-lettered records by reason.", ("reason",)),
+        )
+
+
+@dataclass
+class IngestService:
+    pipeline: str
+    policy: IngestPolicy
+    consumer: BatchConsumer
+    producer: SafeProducer
+    redis_client: redis.Redis
+    checkpoint_store: Callable[[str, int], CheckpointStore]
+    settings: Settings
+    metrics: IngestMetrics
+    owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    closing: bool = False
+    status_at: float = 0.0
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    _tally: Counter[str] = field(default_factory=Counter)
+
+    # -- ownership -------------------------------------------------------------------
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        """New epoch, restore, find what was written since the checkpoint, seek."""
+        seeks = []
+        for tp in partitions:
+            kind = "label" if tp.topic == self.settings.topics.labels else "event"
+            store = self.checkpoint_store(kind, tp.partition)
+            epoch = store.new_epoch()
+            try:
+                _, state = store.load()
+                log.info(
+                    "partition restored",
+                    extra={"fields": {"topic": tp.topic, "partition": tp.partition}},
+                )
+            except CheckpointNotFoundError:
+                state = PartitionState(
+                    RecentIds(self.policy.dedupe_horizon_s, self.policy.dedupe_max_ids)
+                )
+            owned = Owned(kind, store, epoch, state)
+            if state.marks:
+                owned.written = self.written_since(tp, state)
+            else:  # first owner ever: mark where the outputs end before writing any
+                state.marks = self.output_ends(kind)
+                self._write(owned, tp)
+            self.owned[(tp.topic, tp.partition)] = owned
+            seeks.append(TopicPartition(tp.topic, tp.partition, state.next_offset))
+        self.consumer.assign_exact(seeks)
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        if not self.closing:
+            self.checkpoint(
+                [
+                    (tp.topic, tp.partition)
+                    for tp in partitions
+                    if (tp.topic, tp.partition) in self.owned
+                ]
+            )
+        for tp in partitions:
+            self.owned.pop((tp.topic, tp.partition), None)
+
+    def output_topics(self, kind: str) -> list[str]:
+        topics = self.settings.topics
+        return [topics.labels_valid if kind == "label" else topics.events_valid, topics.events_dlq]
+
+    def output_ends(self, kind: str) -> dict[str, dict[int, int]]:
+        reader = self._reader()
+        try:
+            marks: dict[str, dict[int, int]] = {}
+            for topic in self.output_topics(kind):
+                meta = reader.list_topics(topic, timeout=10).topics[topic]
+                marks[topic] = {
+                    p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in meta.partitions
+                }
+            return marks
+        finally:
+            reader.close()
+
+    def written_since(self, tp: TopicPartition, state: PartitionState) -> set[int]:
+        """Input offsets whose output a previous owner wrote after its last checkpoint."""
+        ends = self.output_ends("label" if tp.topic == self.settings.topics.labels else "event")
+        found: set[int] = set()
+        reader = self._reader()
+        try:
+            for topic, marks in state.marks.items():
+                todo = {p: end for p, end in ends.get(topic, {}).items() if end > marks.get(p, 0)}
+                if not todo:
+                    continue
+                reader.assign([TopicPartition(topic, p, marks.get(p, 0)) for p in todo])
+                remaining = dict(todo)
+                quiet = 0
+                while remaining and quiet < 10:  # a gap at a log's end must not hang this
+                    batch = reader.consume(1000, 0.5)
+                    quiet = 0 if batch else quiet + 1
+                    for msg in batch:
+                        if msg.error() is not None:
+                            continue
+                        source = _source_of(msg, topic == self.settings.topics.events_dlq)
+                        if (
+                            source is not None
+                            and source[0] == tp.topic
+                            and source[1] == tp.partition
+                            and source[2] >= max(state.next_offset, 0)
+                        ):
+                            found.add(source[2])
+                        p, at = msg.partition(), msg.offset() or 0
+                        if p in remaining and at + 1 >= remaining[p]:
+                            del remaining[p]
+        finally:
+            reader.close()
+        if found:
+            log.info(
+                "records written before the crash will not be written again",
+                extra={"fields": {"topic": tp.topic, "partition": tp.partition, "n": len(found)}},
+            )
+        return found
+
+    def _reader(self) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"{self.settings.consumer_group_prefix}.recovery.{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("ingest service running", extra={"fields": {"pipeline": self.pipeline}})
+        try:
+            while not stop.is_set():
+                batch = self.consumer.poll_batch(
+                    self.settings.batch_size, self.settings.poll_timeout_s
+                )
+                for msg in batch:
+                    self.handle(msg)
+                self._flush_tally()
+                self.producer.poll()
+                if self._due():
+                    try:
+                        self.checkpoint(list(self.owned))
+                    except redis.RedisError as exc:  # retried at the next cadence
+                        log.error(
+                            "checkpoint failed; will retry", extra={"fields": {"error": str(exc)}}
+                        )
+                        self.last_checkpoint = time.monotonic()
+                self.publish_status(force=False)
+            self.checkpoint(list(self.owned))
+            self.publish_status(force=True)
+        finally:
+            self.closing = True  # leaving the group revokes partitions: already checkpointed
+            try:
+                self.consumer.close()
+            finally:
+                self.producer.close()
+
+    def handle(self, msg: Message) -> None:
+        topic, partition, offset = position(msg)
+        owned = self.owned.get((topic, partition))
+        if owned is None:  # revoked meanwhile
+            return
+        state, counts, tally = owned.state, owned.state.counts, self._tally
+        counts["in"] += 1
+        tally["in"] += 1
+        raw = msg.value()
+        again = offset in owned.written
+        if again:
+            owned.written.discard(offset)
+        record: Event | Label
+        try:
+            obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
+            if owned.kind == "event":
+                record, changed = normalise_event(obj, self.policy)
+            else:
+                record, changed = normalise_label(obj, self.policy)
+        except (CodecError, MessageError) as exc:
+            counts["dead_lettered"] += 1
+            counts[f"dlq:{exc.reason}"] += 1
+            tally["dead_lettered"] += 1
+            tally[f"dlq:{exc.reason}"] += 1
+            if not again:
+                self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))
+        else:
+            if state.recent.seen(record.event_id, record.ts):
+                counts["deduplicated"] += 1
+                tally["deduplicated"] += 1
+            else:
+                counts["valid"] += 1
+                tally["valid"] += 1
+                if not again:
+                    assert raw is not None
+                    # an unchanged MessagePack record travels as it came
+                    value = raw if not changed and raw[0] >= 0x80 else encode(record.to_wire())
+                    out = self.output_topics(owned.kind)[0]
+                    self.producer.produce(
+                        out,
+                        value,
+                        record.entity.encode(),
+                        headers=[
+                            (KIND_HEADER, b"event/v1" if owned.kind == "event" else b"label/v1"),
+                            (LINEAGE_HEADER, f"{topic}:{partition}:{offset}".encode()),
+                        ],
+                    )
+        state.next_offset = offset + 1
+        owned.since_checkpoint += 1
+
+    def _flush_tally(self) -> None:
+        for name, n in self._tally.items():
+            if name.startswith("dlq:"):
+                self.metrics.dead_letters.labels(name[4:]).inc(n)
+            else:
+                self.metrics.records.labels(name).inc(n)
+        self._tally.clear()
+
+    def dead_letter(
+        self, topic: str, partition: int, offset: int, msg: Message, reason: str, message: str
+    ) -> None:
+        envelope = DeadLetter.of(topic, partition, offset, reason, message, SERVICE, msg.value())
+        key = msg.key()
+        self.producer.produce(
+            self.settings.topics.events_dlq,
+            encode(envelope.to_wire()),
+            key if isinstance(key, bytes) else None,
+            headers=[(KIND_HEADER, b"dlq/v1")],
+        )
+
+    # -- checkpoints and status ------------------------------------------------------
+
+    def _due(self) -> bool:
+        records = sum(o.since_checkpoint for o in self.owned.values())
+        elapsed = time.monotonic() - self.last_checkpoint
+        return records > 0 and (
+            records >= self.settings.checkpoint_every_records
+            or elapsed >= self.settings.checkpoint_interval_s
+        )
+
+    def checkpoint(self, inputs: list[tuple[str, int]]) -> None:
+        """Flush outputs, note where they end, then each input's state (fenced)."""
+        self.producer.flush()
+        if not inputs:
+            return
+        ends = {kind: self.output_ends(kind) for kind in {self.owned[i].kind for i in inputs}}
+        for key in inputs:
+            owned = self.owned[key]
+            owned.state.marks = ends[owned.kind]
+            self._write(owned, TopicPartition(*key))
+        self.consumer.store(
+            {
+                key: self.owned[key].state.next_offset - 1
+                for key in inputs
+                if self.owned[key].state.next_offset > 0
+            }
+        )
+        self.last_checkpoint = time.monotonic()
+
+    def _write(self, owned: Owned, tp: TopicPartition) -> None:
+        meta = {
+            "next_offset": owned.state.next_offset,
+            "remembered_ids": len(owned.state.recent),
+            **{name: owned.state.counts[name] for name in COUNTS},
+        }
+        try:
+            owned.store.write(owned.epoch, owned.state, meta)
+        except StaleEpochError as exc:
+            raise IngestFencedError(
+                f"{tp.topic}[{tp.partition}] is owned by another ingest instance: {exc}"
+            ) from exc
+        owned.since_checkpoint = 0
+
+    def totals(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for owned in self.owned.values():
+            total.update(owned.state.counts)
+        return total
+
+    def publish_status(self, force: bool) -> None:
+        """Per instance: totals over the input partitions it owns (they survive restarts)."""
+        now = time.monotonic()
+        if not force and now - self.status_at < 1.0:
+            return
+        self.status_at = now
+        fields: dict[str, str | int | float] = {
+            "inputs": ",".join(f"{t}:{p}" for t, p in sorted(self.owned)),
+            "updated_at": time.time(),
+            **{name: count for name, count in self.totals().items()},
+        }
+        for name in COUNTS:
+            fields.setdefault(name, 0)
+        key = f"headwater:{self.pipeline}:ingest-status:{self.instance}"
+        try:
+            self.redis_client.delete(key)
+            self.redis_client.hset(key, mapping=fields)  # type: ignore[arg-type]
+            self.redis_client.expire(key, 300)
+        except redis.RedisError as exc:  # a Redis blip must not stop the stream
+            log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
+
+
+def _source_of(msg: Message, dead_letter: bool) -> tuple[str, int, int] | None:
+    """The input record an output came from."""
+    if dead_letter:
+        try:
+            envelope = decode(msg.value(), 2**31)
+            return (
+                str(envelope["source_topic"]),
+                int(envelope["partition"]),
+                int(envelope["offset"]),
+            )
+        except (CodecError, KeyError, TypeError, ValueError):
+            return None
+    for name, value in list(msg.headers() or []):
+        if name == LINEAGE_HEADER and isinstance(value, bytes):
+            parts = value.decode().rsplit(":", 2)
+            return parts[0], int(parts[1]), int(parts[2])
+    return None

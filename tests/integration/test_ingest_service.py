@@ -1,0 +1,199 @@
+"""The ingest service through Kafka: normalised valid records, dead letters, deduplication."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import redis
+
+from services.ingest.app import run_ingest
+from services.launch import start_service
+from shared.checkpoint.store import CheckpointStore
+from shared.codec import encode
+from shared.kafka import SafeProducer
+from shared.messages import Event, Label
+from shared.schemas import validator
+from shared.spec import parse_spec
+
+from .conftest import ThreadedService, service_env
+from .helpers import read_topic, read_until
+
+SPEC = """
+name: ingest
+task: binary
+models: [{name: lr, river: river.linear_model.LogisticRegression}]
+"""
+
+
+def status(settings) -> dict[bytes, bytes]:
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = client.keys("headwater:ingest:ingest-status:*")
+    return client.hgetall(keys[0]) if keys else {}
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+T = 1_795_255_200.0  # 2026-11-21T10:00:00Z
+
+
+def test_valid_records_pass_normalised_and_bad_ones_are_dead_lettered(ingest_settings):
+    settings, topics = ingest_settings, ingest_settings.topics
+    sent = [
+        encode({"event_id": "a", "entity": "u1", "ts": T + 0.5, "data": {"x": 1.0}}),
+        json.dumps(  # JSON, ISO time, NaN from Python's json.dumps: missing by default
+            {
+                "event_id": "b",
+                "entity": "u2",
+                "ts": "2026-11-21T10:00:00Z",
+                "data": {"x": float("nan")},
+            }
+        ).encode(),
+        encode({"event_id": "c", "entity": "u1", "ts": 1_795_255_201, "data": {}, "label": True}),
+        encode({"event_id": "a", "entity": "u1", "ts": T + 0.5, "data": {"x": 1.0}}),  # a retry
+        b"\xc1garbage",
+        encode({"event_id": "d", "entity": "u1", "ts": T, "data": {}, "colour": "red"}),
+        encode(["not", "a", "map"]),
+    ]
+    service = ThreadedService(run_ingest, settings, parse_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        for value in sent:
+            producer.produce(topics.events, value, b"producer-key")
+        producer.produce(
+            topics.labels, encode({"event_id": "a", "entity": "u1", "ts": T + 3, "label": False})
+        )
+        producer.produce(topics.labels, b'{"event_id": "b", "entity": "u2", "ts": 14}')
+        producer.close()
+        valid = read_topic(settings.kafka_bootstrap, topics.events_valid, 3)
+        labels = read_topic(settings.kafka_bootstrap, topics.labels_valid, 1)
+        dead = read_topic(settings.kafka_bootstrap, topics.events_dlq, 4)
+        wait_for(lambda: status(settings).get(b"in") == b"9", 10, "the status")
+    finally:
+        service.join()
+    events = [Event.from_wire(v) for v in valid]
+    assert [e.event_id for e in events] == ["a", "b", "c"]
+    assert events[1].ts == T
+    assert events[1].data == {"x": None}
+    assert events[2].ts == T + 1
+    assert isinstance(valid[2]["ts"], float)
+    assert [Label.from_wire(x) for x in labels] == [Label("a", "u1", T + 3, False)]
+    for d in dead:
+        validator("dlq/v1").validate(d)
+    dead.sort(key=lambda d: (d["source_topic"] != topics.events, d["offset"]))
+    assert [(d["source_topic"], d["offset"], d["reason"]) for d in dead] == [
+        (topics.events, 4, "bad_msgpack"),
+        (topics.events, 5, "unknown_field"),
+        (topics.events, 6, "not_an_object"),
+        (topics.labels, 1, "missing_field"),
+    ]
+    assert dead[0]["original"] == b"\xc1garbage"
+    counts = status(settings)
+    assert counts[b"in"] == b"9"
+    assert counts[b"valid"] == b"4"
+    assert counts[b"deduplicated"] == b"1"
+    assert counts[b"dead_lettered"] == b"4"
+    assert counts[b"dlq:unknown_field"] == b"1"
+
+
+def test_records_are_keyed_by_entity_and_carry_their_lineage(ingest_settings):
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    settings, topics = ingest_settings, ingest_settings.topics
+    service = ThreadedService(run_ingest, settings, parse_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        producer.produce(
+            topics.events, encode({"event_id": "a", "entity": "u7", "ts": 1.0, "data": {}})
+        )
+        producer.close()
+        read_topic(settings.kafka_bootstrap, topics.events_valid, 1)
+    finally:
+        service.join()
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "k"})
+    consumer.assign([TopicPartition(topics.events_valid, 0, OFFSET_BEGINNING)])
+    msg = consumer.consume(1, 10)[0]
+    consumer.close()
+    assert msg.key() == b"u7"
+    assert dict(msg.headers())["headwater-lineage"] == f"{topics.events}:0:0".encode()
+
+
+def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_path: Path):
+    """Every event sent twice; ingest SIGKILLed at random moments and restarted."""
+    settings, topics = ingest_settings, ingest_settings.topics
+    spec_file = tmp_path / "ingest.yaml"
+    spec_file.write_text(SPEC)
+    n = 20_000
+    rng = random.Random(11)
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for i in range(n):
+        value = encode(
+            {"event_id": f"e{i}", "entity": f"u{i % 97}", "ts": 1000.0 + i, "data": {"x": i}}
+        )
+        producer.produce(topics.events, value)
+        if i % 50 == 0:
+            producer.produce(topics.events, b"\x00broken")  # and some dead letters
+        producer.produce(topics.events, value)  # the retry, right after or a little later
+    producer.close()
+    env = {**service_env(settings), "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000"}
+    store = CheckpointStore(
+        redis.Redis.from_url(settings.redis_url), "ingest", "ingest-events-p0", b"-"
+    )
+
+    def checkpointed() -> int:
+        versions = store.versions()
+        return int(versions[0].meta["next_offset"]) if versions else 0
+
+    logs = []
+    for _ in range(4):
+        before = checkpointed()
+        proc = start_service("ingest", spec_file, env)
+        wait_for(lambda b=before: checkpointed() > b + 100, 60, "progress")
+        time.sleep(rng.uniform(0, 0.3))
+        proc.kill()
+        logs.append(proc.log_tail(200))
+        proc.cleanup()
+    total = 2 * n + n // 50
+    proc = start_service("ingest", spec_file, env)
+    try:
+        wait_for(lambda: checkpointed() >= total, 120, "the whole stream")
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
+    logs.append(proc.log_tail(200))
+    # the recovery path ran: a restart found records written after the last checkpoint
+    assert any("will not be written again" in log for log in logs[1:]), logs
+    valid = read_until(
+        settings.kafka_bootstrap,
+        topics.events_valid,
+        lambda out: len(out) >= n,
+        f"{n}",
+        60,
+        settle=2.0,
+    )
+    ids = [v["event_id"] for v in valid]
+    assert len(ids) == n  # once each
+    assert set(ids) == {f"e{i}" for i in range(n)}  # none lost
+    dead = read_until(
+        settings.kafka_bootstrap,
+        topics.events_dlq,
+        lambda out: len(out) >= n // 50,
+        "dlq",
+        60,
+        settle=2.0,
+    )
+    assert sorted(d["offset"] for d in dead) == sorted({d["offset"] for d in dead})
+    assert len(dead) == n // 50
+    meta = store.versions()[0].meta
+    assert (meta["in"], meta["valid"], meta["deduplicated"], meta["dead_lettered"]) == (
+        total,
+        n,
+        n,
+        n // 50,
+    )
