@@ -56,7 +56,8 @@ def _decode_msgpack(payload: bytes) -> Any:
     except msgpack.ExtraData as exc:
         raise CodecError("bad_msgpack", "MessagePack value followed by extra bytes") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise CodecError("bad_msgpack", f"invalid MessagePack: {exc}") from exc
+        detail = str(exc) or type(exc).__name__  # deep nesting raises with no text
+        raise CodecError("bad_msgpack", f"invalid MessagePack: {detail}") from exc
 
 
 def _reject_constant(name: str) -> float:

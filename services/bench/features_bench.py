@@ -144,7 +144,9 @@ def bytewax_rate(stack: LocalStack, n: int, out_topic: str) -> float | None:
         )
 
     flow = Dataflow("bench_features")
-    source = op.input("in", flow, KafkaSource([stack.bootstrap], ["events"], tail=False))
+    source = op.input(
+        "in", flow, KafkaSource([stack.bootstrap], [TopicNames().events_valid], tail=False)
+    )
     keyed = op.map("parse", source, parse)
     computed = op.stateful_map("features", keyed, features)
     messages = op.map("out", computed, lambda kv: KafkaSinkMessage(kv[0].encode(), kv[1]))
@@ -166,7 +168,8 @@ def run_features_bench(
     with LocalStack(pipeline_topics(TopicNames(), 1)) as stack:
         producer = SafeProducer(stack.bootstrap)
         for e in events:
-            producer.produce("events", encode(e.to_wire()), e.entity.encode())
+            # the features service reads what ingest passed: events.valid
+            producer.produce(TopicNames().events_valid, encode(e.to_wire()), e.entity.encode())
         producer.close()
         del producer
         ensure_topics(stack.bootstrap, {"bench.bytewax": 1})

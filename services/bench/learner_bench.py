@@ -99,7 +99,8 @@ def service_rate(
     with LocalStack(pipeline_topics(topics, 1)) as stack:
         producer = SafeProducer(stack.bootstrap)
         for e in events:
-            producer.produce(topics.events, encode(e.to_wire()), e.entity.encode())
+            # the learner alone: it reads what ingest passed (events.valid)
+            producer.produce(topics.events_valid, encode(e.to_wire()), e.entity.encode())
         producer.close()
         del producer
         say(f"  {len(events)} events loaded; running the learner service")

@@ -171,6 +171,17 @@ def _bench(as_json: bool, run: Callable[[Callable[[str], None]], Any], ratios: l
             console.print(f"{name}: {figures[name]:.2f}", highlight=False)
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 200_000,
+) -> None:
+    """The ingest service against a raw consume + decode of the same topic, same run."""
+    from services.bench.ingest_bench import run_ingest_bench
+
+    _bench(as_json, lambda say: run_ingest_bench(events, say), ["ratio"])
+
+
 @bench_app.command("learner")
 def bench_learner(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
