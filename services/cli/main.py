@@ -81,11 +81,16 @@ def run(
     spec: SpecOption,
 ) -> None:
     """Run one service against HEADWATER_KAFKA_BOOTSTRAP and HEADWATER_REDIS_URL."""
+    import faulthandler
+    import signal
+
     from shared.shutdown import stop_on_signals
     from shared.spec import load_spec
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # `kill -USR1 PID` writes every thread's stack to stderr: for a service that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     pipeline = load_spec(spec)
     stop = threading.Event()
     with stop_on_signals(stop):

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -101,6 +101,7 @@ class IngestService:
     status_at: float = 0.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _tally: Counter[str] = field(default_factory=Counter)
+    _watermarks: Consumer | None = None
 
     # -- ownership -------------------------------------------------------------------
 
@@ -148,18 +149,17 @@ class IngestService:
         return [topics.labels_valid if kind == "label" else topics.events_valid, topics.events_dlq]
 
     def output_ends(self, kind: str) -> dict[str, dict[int, int]]:
-        reader = self._reader()
-        try:
-            marks: dict[str, dict[int, int]] = {}
-            for topic in self.output_topics(kind):
-                meta = reader.list_topics(topic, timeout=10).topics[topic]
-                marks[topic] = {
-                    p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in meta.partitions
-                }
-            return marks
-        finally:
-            reader.close()
+        if self._watermarks is None:  # one client for every checkpoint's query
+            self._watermarks = self._reader()
+        reader = self._watermarks
+        marks: dict[str, dict[int, int]] = {}
+        for topic in self.output_topics(kind):
+            meta = reader.list_topics(topic, timeout=10).topics[topic]
+            marks[topic] = {
+                p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions
+            }
+        return marks
 
     def written_since(self, tp: TopicPartition, state: PartitionState) -> set[int]:
         """Input offsets whose output a previous owner wrote after its last checkpoint."""
@@ -172,25 +172,17 @@ class IngestService:
                 if not todo:
                     continue
                 reader.assign([TopicPartition(topic, p, marks.get(p, 0)) for p in todo])
-                remaining = dict(todo)
-                quiet = 0
-                while remaining and quiet < 10:  # a gap at a log's end must not hang this
-                    batch = reader.consume(1000, 0.5)
-                    quiet = 0 if batch else quiet + 1
-                    for msg in batch:
-                        if msg.error() is not None:
-                            continue
-                        source = _source_of(msg, topic == self.settings.topics.events_dlq)
-                        if (
-                            source is not None
-                            and source[0] == tp.topic
-                            and source[1] == tp.partition
-                            and source[2] >= max(state.next_offset, 0)
-                        ):
-                            found.add(source[2])
-                        p, at = msg.partition(), msg.offset() or 0
-                        if p in remaining and at + 1 >= remaining[p]:
-                            del remaining[p]
+                dead_letters = topic == self.settings.topics.events_dlq
+                for msg in _read_to_end(reader, todo):
+                    source = _source_of(msg, dead_letters)
+                    if (
+                        source is not None
+                        and source[0] == tp.topic
+                        and source[1] == tp.partition
+                        and source[2] >= max(state.next_offset, 0)
+                    ):
+                        found.add(source[2])
+                reader.unassign()
         finally:
             reader.close()
         if found:
@@ -239,6 +231,8 @@ class IngestService:
             try:
                 self.consumer.close()
             finally:
+                if self._watermarks is not None:
+                    self._watermarks.close()
                 self.producer.close()
 
     def handle(self, msg: Message) -> None:
@@ -380,6 +374,31 @@ class IngestService:
             self.redis_client.expire(key, 300)
         except redis.RedisError as exc:  # a Redis blip must not stop the stream
             log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
+
+
+def _read_to_end(reader: Consumer, ends: dict[int, int], cap_s: float = 30.0) -> Iterator[Message]:
+    """Every record up to the end of the assigned partitions.
+
+    A broker's high watermark can trail the log's true end (Tansu reports the last batch's
+    first offset + 1), so reaching it is not enough: reading goes on until a fetch comes back
+    empty. The writer being recovered is dead, so nothing of its own can follow.
+    """
+    remaining = dict(ends)
+    deadline = time.monotonic() + cap_s
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 10:
+        batch = reader.consume(1000, 0.5)
+        if not batch and not remaining:
+            return
+        quiet = 0 if batch else quiet + 1
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            yield msg
+            p, at = msg.partition(), msg.offset() or 0
+            if p in remaining and at + 1 >= remaining[p]:
+                del remaining[p]
+    log.warning("recovery read stopped before the outputs went quiet; duplicates are possible")
 
 
 def _source_of(msg: Message, dead_letter: bool) -> tuple[str, int, int] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -34,10 +36,16 @@ def status(settings) -> dict[bytes, bytes]:
     return client.hgetall(keys[0]) if keys else {}
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert proc is None or proc.alive(), f"ingest exited:\n{proc.log_tail(60)}"
+        if proc is not None and time.monotonic() >= deadline:
+            proc.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into the log
+            time.sleep(0.5)
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"\n{proc.log_tail(60)}" if proc else ""
+        )
         time.sleep(0.05)
 
 
@@ -132,40 +140,58 @@ def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_pa
     spec_file.write_text(SPEC)
     n = 20_000
     rng = random.Random(11)
-    producer = SafeProducer(settings.kafka_bootstrap)
-    for i in range(n):
-        value = encode(
-            {"event_id": f"e{i}", "entity": f"u{i % 97}", "ts": 1000.0 + i, "data": {"x": i}}
-        )
-        producer.produce(topics.events, value)
-        if i % 50 == 0:
-            producer.produce(topics.events, b"\x00broken")  # and some dead letters
-        producer.produce(topics.events, value)  # the retry, right after or a little later
-    producer.close()
+
+    def produce() -> None:
+        """A producer still writing while ingest is killed: ~10k records/s."""
+        producer = SafeProducer(settings.kafka_bootstrap)
+        for i in range(n):
+            value = encode(
+                {"event_id": f"e{i}", "entity": f"u{i % 97}", "ts": 1000.0 + i, "data": {"x": i}}
+            )
+            producer.produce(topics.events, value)
+            if i % 50 == 0:
+                producer.produce(topics.events, b"\x00broken")  # and some dead letters
+            producer.produce(topics.events, value)  # the retry
+            if i % 50 == 0:
+                time.sleep(0.01)
+        producer.close()
+
+    writer = threading.Thread(target=produce)
+    writer.start()
     env = {**service_env(settings), "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000"}
-    store = CheckpointStore(
-        redis.Redis.from_url(settings.redis_url), "ingest", "ingest-events-p0", b"-"
-    )
+    client = redis.Redis.from_url(settings.redis_url)
+    store = CheckpointStore(client, "ingest", "ingest-events-p0", b"-")
 
     def checkpointed() -> int:
         versions = store.versions()
         return int(versions[0].meta["next_offset"]) if versions else 0
 
-    logs = []
+    logs, at_kill = [], []
     for _ in range(4):
         before = checkpointed()
         proc = start_service("ingest", spec_file, env)
-        wait_for(lambda b=before: checkpointed() > b + 100, 60, "progress")
+        wait_for(lambda b=before: checkpointed() > b + 100, 60, "progress", proc)
         time.sleep(rng.uniform(0, 0.3))
         proc.kill()
+        at_kill.append(checkpointed())
         logs.append(proc.log_tail(200))
         proc.cleanup()
     total = 2 * n + n // 50
     proc = start_service("ingest", spec_file, env)
     try:
-        wait_for(lambda: checkpointed() >= total, 120, "the whole stream")
+        # its loop is up (so SIGTERM is handled) once it publishes its status
+        wait_for(
+            lambda: client.keys(f"headwater:ingest:ingest-status:*-{proc.proc.pid}"),
+            30,
+            "start",
+            proc,
+        )
+        writer.join(60)
+        wait_for(lambda: checkpointed() >= total, 120, "the whole stream", proc)
     finally:
         assert proc.stop() == 0, proc.log_tail()
+    print("input offset checkpointed at each kill:", at_kill)
+    assert sum(0 < k < total for k in at_kill) >= 2, at_kill  # killed mid-stream
     logs.append(proc.log_tail(200))
     # the recovery path ran: a restart found records written after the last checkpoint
     assert any("will not be written again" in log for log in logs[1:]), logs

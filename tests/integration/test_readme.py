@@ -25,11 +25,9 @@ def test_external_client_gets_a_prediction_from_a_running_learner(stack, tmp_pat
     ensure_topics(stack.bootstrap, {n: 1 for n in TopicNames().model_dump().values()})
     RedisStore(stack.redis_url).client.flushdb()
     env = {"HEADWATER_KAFKA_BOOTSTRAP": stack.bootstrap, "HEADWATER_REDIS_URL": stack.redis_url}
-    learner = start_service(
-        "learner",
-        ROOT / "ops/pipelines/phishing.yaml",
-        {**env, "HEADWATER_CONSUMER_GROUP_PREFIX": "readme"},
-    )
+    service_env = {**env, "HEADWATER_CONSUMER_GROUP_PREFIX": "readme"}
+    ingest = start_service("ingest", ROOT / "ops/pipelines/phishing.yaml", service_env)
+    learner = start_service("learner", ROOT / "ops/pipelines/phishing.yaml", service_env)
     try:
         script = tmp_path / "client.py"
         script.write_text(readme_client())
@@ -41,11 +39,12 @@ def test_external_client_gets_a_prediction_from_a_running_learner(stack, tmp_pat
             timeout=120,
             check=False,
         )
-        assert result.returncode == 0, result.stderr + learner.log_tail()
+        assert result.returncode == 0, result.stderr + ingest.log_tail() + learner.log_tail()
         models = {line.split()[0] for line in result.stdout.splitlines()}
         assert models & {"logreg", "hoeffding-tree", "vw-logistic"}, result.stdout
     finally:
         assert learner.stop() == 0, learner.log_tail()
+        assert ingest.stop() == 0, ingest.log_tail()
 
 
 def test_readme_names_every_cli_command():
