@@ -59,12 +59,13 @@ def test_readme_names_every_cli_command():
 
 
 def test_readme_spec_examples_are_valid_specs():
-    from shared.spec import parse_spec
+    from shared.spec import IngestPolicy, parse_spec
 
     blocks = re.findall(r"```yaml\n(.*?)```", README, re.S)
-    assert len(blocks) == 2, "expected the pipeline spec and the features examples"
+    assert len(blocks) == 3, "expected the pipeline spec, features and ingest examples"
     full = parse_spec(blocks[0], "README pipeline spec")
     assert [m.name for m in full.models] == ["logreg", "tree", "vw"]
+    assert full.ingest.dedupe_horizon_s == 3600
     minimal = (
         "name: readme\ntask: binary\n"
         "models: [{name: m, river: river.linear_model.LogisticRegression}]\n"
@@ -73,3 +74,5 @@ def test_readme_spec_examples_are_valid_specs():
     assert with_features.features is not None
     assert "amount_mean_10m" in with_features.features.names()
     assert "country_distinct_count_1h" in with_features.features.names()
+    with_ingest = parse_spec(minimal + blocks[2], "README ingest example")
+    assert with_ingest.ingest == IngestPolicy()  # the example shows the defaults
