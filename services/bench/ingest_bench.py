@@ -7,7 +7,6 @@ produce and checkpoints. The ratio cancels the machine's speed out.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -16,9 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
+from msgpack import unpackb
 
 from services.ingest.app import build_ingest
-from shared.codec import decode, encode
+from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.settings import Settings, TopicNames
 from shared.spec import parse_spec
@@ -80,7 +80,7 @@ def bench_records(n: int, seed: int = 7) -> tuple[list[tuple[bytes, bytes]], int
 
 
 def raw_rate(bootstrap: str, topic: str, n: int) -> float:
-    """consume + decode of every record, timed from the first record to the last."""
+    """consume + MessagePack decode of every record, timed from the first record to the last."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "bench-raw", "fetch.wait.max.ms": 10}
     )
@@ -92,11 +92,12 @@ def raw_rate(bootstrap: str, topic: str, n: int) -> float:
             batch = consumer.consume(500, 1.0)
             if batch and not started:
                 started = time.perf_counter()
-            for msg in batch:
-                if msg.error() is None:
-                    with contextlib.suppress(ValueError):  # the broken ones count too
-                        decode(msg.value())
-                    seen += 1
+            for msg in batch:  # as tight as a Python consumer gets
+                try:  # noqa: SIM105 - a `with suppress` per record would slow the baseline
+                    unpackb(msg.value())  # type: ignore[arg-type]
+                except ValueError:
+                    pass  # the broken ones: decoding them is the work measured
+            seen += len(batch)
         return (n - 1) / (time.perf_counter() - started)
     finally:
         consumer.close()

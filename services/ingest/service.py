@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -29,7 +30,6 @@ from services.ingest.normalize import normalise_event, normalise_label
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
-from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics
 from shared.settings import Settings
@@ -41,6 +41,7 @@ SERVICE = "ingest"
 KIND_HEADER = "headwater-kind"
 LINEAGE_HEADER = "headwater-lineage"  # "topic:partition:offset" of the input record
 COUNTS = ("in", "valid", "deduplicated", "dead_lettered")
+MARKS_MAX_AGE_S = 5.0  # a recovery reads at most ~this long of output again
 
 
 class IngestFencedError(RuntimeError):
@@ -64,8 +65,21 @@ class Owned:
     store: CheckpointStore
     epoch: int
     state: PartitionState
+    out_topic: str
+    lineage: bytes  # b"topic:partition:", the offset follows
     written: set[int] = field(default_factory=set)  # offsets already in an output (recovery)
     since_checkpoint: int = 0
+    marked_at: float = float("-inf")  # when state.marks were last refreshed
+    reported: Counter[str] = field(default_factory=Counter)  # counts given to Prometheus
+
+    @property
+    def kind_header(self) -> tuple[str, bytes]:
+        return (KIND_HEADER, b"event/v1" if self.kind == "event" else b"label/v1")
+
+    def normalise(self, obj: Any, policy: IngestPolicy) -> tuple[Event | Label, bool]:
+        if self.kind == "event":
+            return normalise_event(obj, policy)
+        return normalise_label(obj, policy)
 
 
 @dataclass
@@ -100,7 +114,6 @@ class IngestService:
     closing: bool = False
     status_at: float = 0.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    _tally: Counter[str] = field(default_factory=Counter)
     _watermarks: Consumer | None = None
 
     # -- ownership -------------------------------------------------------------------
@@ -122,11 +135,19 @@ class IngestService:
                 state = PartitionState(
                     RecentIds(self.policy.dedupe_horizon_s, self.policy.dedupe_max_ids)
                 )
-            owned = Owned(kind, store, epoch, state)
+            owned = Owned(
+                kind,
+                store,
+                epoch,
+                state,
+                self.output_topics(kind)[0],
+                f"{tp.topic}:{tp.partition}:".encode(),
+                reported=Counter(state.counts),
+            )
             if state.marks:
                 owned.written = self.written_since(tp, state)
             else:  # first owner ever: mark where the outputs end before writing any
-                state.marks = self.output_ends(kind)
+                state.marks, owned.marked_at = self.output_ends(kind), time.monotonic()
                 self._write(owned, tp)
             self.owned[(tp.topic, tp.partition)] = owned
             seeks.append(TopicPartition(tp.topic, tp.partition, state.next_offset))
@@ -213,7 +234,7 @@ class IngestService:
                 )
                 for msg in batch:
                     self.handle(msg)
-                self._flush_tally()
+                self._report_counts()
                 self.producer.poll()
                 if self._due():
                     try:
@@ -236,62 +257,54 @@ class IngestService:
                 self.producer.close()
 
     def handle(self, msg: Message) -> None:
-        topic, partition, offset = position(msg)
-        owned = self.owned.get((topic, partition))
-        if owned is None:  # revoked meanwhile
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        owned = self.owned.get((topic, partition))  # type: ignore[arg-type]
+        if owned is None or offset is None:  # revoked meanwhile
             return
-        state, counts, tally = owned.state, owned.state.counts, self._tally
+        state = owned.state
+        counts = state.counts
         counts["in"] += 1
-        tally["in"] += 1
         raw = msg.value()
         again = offset in owned.written
         if again:
             owned.written.discard(offset)
-        record: Event | Label
         try:
             obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
-            if owned.kind == "event":
-                record, changed = normalise_event(obj, self.policy)
-            else:
-                record, changed = normalise_label(obj, self.policy)
+            record, changed = owned.normalise(obj, self.policy)
         except (CodecError, MessageError) as exc:
             counts["dead_lettered"] += 1
-            counts[f"dlq:{exc.reason}"] += 1
-            tally["dead_lettered"] += 1
-            tally[f"dlq:{exc.reason}"] += 1
+            counts["dlq:" + exc.reason] += 1
             if not again:
-                self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))
+                self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))  # type: ignore[arg-type]
         else:
             if state.recent.seen(record.event_id, record.ts):
                 counts["deduplicated"] += 1
-                tally["deduplicated"] += 1
             else:
                 counts["valid"] += 1
-                tally["valid"] += 1
                 if not again:
                     assert raw is not None
                     # an unchanged MessagePack record travels as it came
                     value = raw if not changed and raw[0] >= 0x80 else encode(record.to_wire())
-                    out = self.output_topics(owned.kind)[0]
                     self.producer.produce(
-                        out,
+                        owned.out_topic,
                         value,
                         record.entity.encode(),
-                        headers=[
-                            (KIND_HEADER, b"event/v1" if owned.kind == "event" else b"label/v1"),
-                            (LINEAGE_HEADER, f"{topic}:{partition}:{offset}".encode()),
-                        ],
+                        [owned.kind_header, (LINEAGE_HEADER, owned.lineage + str(offset).encode())],
                     )
         state.next_offset = offset + 1
         owned.since_checkpoint += 1
 
-    def _flush_tally(self) -> None:
-        for name, n in self._tally.items():
-            if name.startswith("dlq:"):
-                self.metrics.dead_letters.labels(name[4:]).inc(n)
-            else:
-                self.metrics.records.labels(name).inc(n)
-        self._tally.clear()
+    def _report_counts(self) -> None:
+        """Prometheus counters follow the checkpointed counts, per batch."""
+        for owned in self.owned.values():
+            for name, total in owned.state.counts.items():
+                delta = total - owned.reported[name]
+                if delta:
+                    owned.reported[name] = total
+                    if name.startswith("dlq:"):
+                        self.metrics.dead_letters.labels(name[4:]).inc(delta)
+                    else:
+                        self.metrics.records.labels(name).inc(delta)
 
     def dead_letter(
         self, topic: str, partition: int, offset: int, msg: Message, reason: str, message: str
@@ -320,10 +333,18 @@ class IngestService:
         self.producer.flush()
         if not inputs:
             return
-        ends = {kind: self.output_ends(kind) for kind in {self.owned[i].kind for i in inputs}}
+        # Where the outputs end bounds how much a recovery reads, not what it finds (it keeps
+        # only offsets past the checkpoint), so older marks stay correct: they are refreshed
+        # every MARKS_MAX_AGE_S rather than paid for (broker round trips) at every checkpoint.
+        now = time.monotonic()
+        stale = {
+            self.owned[i].kind for i in inputs if now - self.owned[i].marked_at > MARKS_MAX_AGE_S
+        }
+        ends = {kind: self.output_ends(kind) for kind in stale}
         for key in inputs:
             owned = self.owned[key]
-            owned.state.marks = ends[owned.kind]
+            if owned.kind in ends:
+                owned.state.marks, owned.marked_at = ends[owned.kind], now
             self._write(owned, TopicPartition(*key))
         self.consumer.store(
             {

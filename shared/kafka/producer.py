@@ -7,14 +7,13 @@ The delivery callback remembers the first error; the next `produce` or `flush` r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger(__name__)
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 POLL_EVERY = 256
 
 
@@ -77,23 +76,33 @@ class SafeProducer:
         timestamp_ms: int | None = None,
     ) -> None:
         """Queue one record; raises a pending delivery error first. Waits when the queue is full."""
-        self._raise_pending()
-        kwargs: dict[str, Any] = {}
-        if headers:
-            kwargs["headers"] = list(headers)
-        if partition is not None:
-            kwargs["partition"] = partition
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
+        if self._error is not None:
+            self._raise_pending()
+        if partition is None and timestamp_ms is None:  # the hot path: no kwargs to build
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+            except BufferError:
+                self._produce_when_room(topic, value, key, headers=headers)
+        else:
+            kwargs: dict[str, Any] = {"headers": headers}
+            if partition is not None:
+                kwargs["partition"] = partition
+            if timestamp_ms is not None:
+                kwargs["timestamp"] = timestamp_ms
+            self._produce_when_room(topic, value, key, **kwargs)
+        self._produced += 1
+        if not self._produced % POLL_EVERY:
+            self._producer.poll(0)  # serve failure reports without a call per record
+
+    def _produce_when_room(
+        self, topic: str, value: bytes, key: bytes | None, **kwargs: Any
+    ) -> None:
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
-                break
+                return
             except BufferError:
                 self._producer.poll(0.05)  # queue full: serve callbacks, then retry
-        self._produced += 1
-        if self._produced % POLL_EVERY == 0:
-            self._producer.poll(0)  # serve failure reports without a call per record
 
     def poll(self) -> None:
         """Serve delivery reports; services call it once per loop so counts stay current."""

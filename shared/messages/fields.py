@@ -117,20 +117,22 @@ def feature_map(value: Any, field: str) -> dict[str, Scalar]:
         raise MessageError("wrong_type", f"{field} must be an object, got {type_name(value)}")
     if len(value) > MAX_DATA_FIELDS:
         raise MessageError("too_large", f"{field} has more than {MAX_DATA_FIELDS} fields")
-    # Hot path: exact-type checks; anything unusual takes the thorough route below.
+    # Hot path: exact-type checks, commonest type first; anything unusual takes the thorough
+    # route below, which names what is wrong.
     for key, item in value.items():
+        if type(key) is not str or not key or len(key) > MAX_ID_LEN:
+            return _checked_feature_map(value, field)
         kind = type(item)
-        if (
-            type(key) is not str
-            or not 0 < len(key) <= MAX_ID_LEN
-            or not (
-                (kind is float and item - item == 0)  # false for NaN and infinities
-                or (kind is int and INT_MIN <= item <= INT_MAX)
-                or kind is bool
-                or item is None
-                or (kind is str and len(item) <= MAX_STRING_VALUE_LEN)
-            )
-        ):
+        if kind is float:
+            if item - item != 0:  # NaN and infinities
+                return _checked_feature_map(value, field)
+        elif kind is str:
+            if len(item) > MAX_STRING_VALUE_LEN:
+                return _checked_feature_map(value, field)
+        elif kind is int:
+            if not INT_MIN <= item <= INT_MAX:
+                return _checked_feature_map(value, field)
+        elif kind is not bool and item is not None:
             return _checked_feature_map(value, field)
     return value if type(value) is dict else dict(value)
 
