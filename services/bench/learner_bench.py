@@ -116,10 +116,10 @@ def service_rate(
             _check(deadline, thread)
             time.sleep(0.0005)
         started = time.perf_counter()
-        # every event scored and learned, and its prediction and outcome acknowledged
-        while service.core.events_seen < len(events) or service.producer.in_flight:
+        while service.core.events_seen < len(events):  # every event scored and learned
             _check(deadline, thread)
             time.sleep(0.001)
+        service.producer.flush()  # and every prediction and outcome acknowledged
         elapsed = time.perf_counter() - started
         stop.set()
         thread.join(30)
@@ -135,7 +135,7 @@ def _check(deadline: float, thread: threading.Thread) -> None:
 
 
 def run_learner_bench(
-    dataset: str = "Phishing", n: int = 20_000, say: Callable[[str], None] = print
+    dataset: str = "Phishing", n: int = 50_000, say: Callable[[str], None] = print
 ) -> LearnerBench:
     events = bench_events(dataset, n)
     river_spec = parse_spec(RIVER_SPEC, "bench")

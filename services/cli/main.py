@@ -191,7 +191,7 @@ def bench_ingest(
 def bench_learner(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     dataset: Annotated[str, typer.Option(help="River dataset to cycle through.")] = "Phishing",
-    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 20_000,
+    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 50_000,
 ) -> None:
     """The learner service against the in-process River and VW loops on the same stream."""
     from services.bench.learner_bench import run_learner_bench

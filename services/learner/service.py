@@ -197,8 +197,9 @@ class LearnerService:
         batch = self.consumer.poll_batch(self.settings.batch_size, self.settings.poll_timeout_s)
         for msg in batch:
             self.buffer(msg)
-        self._apply_backpressure()
         self.release()
+        # after release, so an input drained by it is resumed before the next poll
+        self._apply_backpressure()
         self.producer.poll()
         assert self.checkpointer is not None
         if self.checkpointer.due():

@@ -27,3 +27,15 @@ def test_bench_features_json_reports_the_service_and_bytewax():
         figures["ratio_vs_bytewax"]
         == figures["features_events_per_s"] / figures["bytewax_events_per_s"]
     )
+
+
+def test_bench_ingest_json_reports_the_service_and_the_raw_loop():
+    result = headwater("bench", "ingest", "--json", "--events", "5000", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["events"] == 5000
+    assert figures["ingest_events_per_s"] > 0
+    assert figures["raw_events_per_s"] > 0
+    assert figures["ratio"] == figures["ingest_events_per_s"] / figures["raw_events_per_s"]
+    assert figures["duplicates"] > 0
+    assert figures["invalid"] > 0
