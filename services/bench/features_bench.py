@@ -7,8 +7,11 @@ tumbling 5m). Both read the same pre-loaded topic and write one record per event
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +48,9 @@ class FeaturesBench:
     engine_inprocess_events_per_s: float
     bytewax_events_per_s: float | None
     ratio_vs_bytewax: float | None
+    faust_events_per_s: float
+    faust_events: int
+    ratio_vs_faust: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +176,13 @@ def run_features_bench(
         producer = SafeProducer(stack.bootstrap)
         for e in events:
             # the features service reads what ingest passed: events.valid
-            producer.produce(TopicNames().events_valid, encode(e.to_wire()), e.entity.encode())
+            # with the event time as the Kafka timestamp, which faust's windows go by
+            producer.produce(
+                TopicNames().events_valid,
+                encode(e.to_wire()),
+                e.entity.encode(),
+                timestamp_ms=int(e.ts * 1000),
+            )
         producer.close()
         del producer
         ensure_topics(stack.bootstrap, {"bench.bytewax": 1})
@@ -181,6 +193,42 @@ def run_features_bench(
             say("  Bytewax: not installed (pip install '.[bench]')")
         else:
             say(f"  Bytewax dataflow:          {bytewax:,.0f} events/s")
+        faust_n = min(n, FAUST_EVENTS)
+        ensure_topics(stack.bootstrap, {"bench.faust": 1})
+        faust = faust_rate(stack, faust_n, "bench.faust")
+        say(f"  faust-streaming app:       {faust:,.0f} events/s (first {faust_n:,} events)")
     return FeaturesBench(
-        n, entities, service, engine, bytewax, None if bytewax is None else service / bytewax
+        n,
+        entities,
+        service,
+        engine,
+        bytewax,
+        None if bytewax is None else service / bytewax,
+        faust,
+        faust_n,
+        service / faust,
+    )
+
+
+FAUST_EVENTS = 5_000  # faust does ~1k events/s here: a prefix gives its rate in seconds
+
+
+def faust_rate(stack: LocalStack, n: int, out_topic: str, timeout: float = 300) -> float:
+    """The faust-streaming baseline, in a child process (faust owns its event loop)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.bench.faust_baseline",
+        stack.bootstrap,
+        TopicNames().events_valid,
+        out_topic,
+        str(n),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    for line in (done.stdout + done.stderr).splitlines():
+        at = line.find('{"events":')
+        if at >= 0:
+            return float(json.loads(line[at:])["events_per_s"])
+    raise RuntimeError(
+        f"the faust baseline failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
     )

@@ -207,10 +207,14 @@ def bench_features(
     events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 100_000,
     entities: Annotated[int, typer.Option(min=1, help="Distinct entities.")] = 10_000,
 ) -> None:
-    """The features service against a Bytewax dataflow doing the same, same topic, same run."""
+    """The features service against faust-streaming and Bytewax doing the same, same run."""
     from services.bench.features_bench import run_features_bench
 
-    _bench(as_json, lambda say: run_features_bench(events, entities, say), ["ratio_vs_bytewax"])
+    _bench(
+        as_json,
+        lambda say: run_features_bench(events, entities, say),
+        ["ratio_vs_bytewax", "ratio_vs_faust"],
+    )
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ def test_bench_learner_json_reports_each_loop_and_its_ratio():
     assert figures["events"] == 2000
 
 
-def test_bench_features_json_reports_the_service_and_bytewax():
+def test_bench_features_json_reports_the_service_bytewax_and_faust():
     result = headwater(
         "bench", "features", "--json", "--events", "3000", "--entities", "100", timeout=300
     )
@@ -26,6 +26,12 @@ def test_bench_features_json_reports_the_service_and_bytewax():
     assert (
         figures["ratio_vs_bytewax"]
         == figures["features_events_per_s"] / figures["bytewax_events_per_s"]
+    )
+    assert figures["faust_events_per_s"] > 0
+    assert figures["faust_events"] == 3000
+    assert (
+        figures["ratio_vs_faust"]
+        == figures["features_events_per_s"] / figures["faust_events_per_s"]
     )
 
 
