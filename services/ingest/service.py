@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client import Counter as PromCounter
 
 from services.ingest.dedupe import RecentIds
+from services.ingest.fast_path import fast_event
 from services.ingest.normalize import normalise_event, normalise_label
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
@@ -268,29 +269,42 @@ class IngestService:
         again = offset in owned.written
         if again:
             owned.written.discard(offset)
-        try:
-            obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
-            record, changed = owned.normalise(obj, self.policy)
-        except (CodecError, MessageError) as exc:
-            counts["dead_lettered"] += 1
-            counts["dlq:" + exc.reason] += 1
-            if not again:
-                self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))  # type: ignore[arg-type]
+        fast = (
+            fast_event(raw)
+            if owned.kind == "event"
+            and raw is not None
+            and len(raw) <= self.settings.max_message_bytes
+            else None
+        )
+        if fast is not None:  # well-formed MessagePack: it travels as it came
+            event_id, entity, ts, value = fast.event_id, fast.entity, fast.ts, raw
         else:
-            if state.recent.seen(record.event_id, record.ts):
-                counts["deduplicated"] += 1
-            else:
-                counts["valid"] += 1
+            try:
+                obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
+                record, changed = owned.normalise(obj, self.policy)
+            except (CodecError, MessageError) as exc:
+                counts["dead_lettered"] += 1
+                counts["dlq:" + exc.reason] += 1
                 if not again:
-                    assert raw is not None
-                    # an unchanged MessagePack record travels as it came
-                    value = raw if not changed and raw[0] >= 0x80 else encode(record.to_wire())
-                    self.producer.produce(
-                        owned.out_topic,
-                        value,
-                        record.entity.encode(),
-                        [owned.kind_header, (LINEAGE_HEADER, owned.lineage + str(offset).encode())],
-                    )
+                    self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))  # type: ignore[arg-type]
+                state.next_offset = offset + 1
+                owned.since_checkpoint += 1
+                return
+            event_id, entity, ts = record.event_id, record.entity, record.ts
+            # an unchanged MessagePack record travels as it came
+            assert raw is not None
+            value = raw if not changed and raw[0] >= 0x80 else encode(record.to_wire())
+        if state.recent.seen(event_id, ts):
+            counts["deduplicated"] += 1
+        else:
+            counts["valid"] += 1
+            if not again:
+                self.producer.produce(
+                    owned.out_topic,
+                    value,  # type: ignore[arg-type]
+                    entity.encode(),
+                    [owned.kind_header, (LINEAGE_HEADER, owned.lineage + str(offset).encode())],
+                )
         state.next_offset = offset + 1
         owned.since_checkpoint += 1
 

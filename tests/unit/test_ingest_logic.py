@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from pathlib import Path
+from unittest import mock
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from services.ingest import dedupe
 from services.ingest.dedupe import RecentIds
 from services.ingest.normalize import normalise_event, normalise_label, parse_time
 from shared.codec import CodecError, decode, encode
@@ -198,3 +203,145 @@ def test_json_nan_is_a_codec_error_outside_ingest():
     with pytest.raises(CodecError):
         decode(json.dumps({"x": math.nan}).encode())
     assert math.isnan(decode(json.dumps({"x": math.nan}).encode(), json_constants=True)["x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.floats(0, 500, allow_nan=False)), max_size=120),
+    st.integers(1, 30),
+    st.floats(1, 200),
+)
+def test_a_window_restored_at_any_point_answers_as_the_original(arrivals, max_ids, horizon):
+    """Checkpointed (pickled) after every arrival, with tiny segments so that sealing and
+    dropping segments happen often: the copy holds the same ids in the same order and gives
+    the same answers for the rest of the stream."""
+    with mock.patch.object(dedupe, "SEGMENT", 4):
+        reference = RecentIds(horizon, max_ids)
+        answers = [reference.seen(f"e{k}", ts) for k, ts in arrivals]
+        original = RecentIds(horizon, max_ids)
+        for i, (k, ts) in enumerate(arrivals):
+            copy = pickle.loads(pickle.dumps(original))
+            assert list(copy.ids.items()) == list(original.ids.items())
+            assert [copy.seen(f"e{n}", t) for n, t in arrivals[i:]] == answers[i:]
+            original.seen(f"e{k}", ts)
+
+
+# -- the msgspec fast path agrees with the full route ----------------------------------
+
+_ok_id = st.text(min_size=1, max_size=4)
+_ok_key = st.text(min_size=1, max_size=3)
+_values = st.one_of(
+    st.floats(),  # NaN and infinities included
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**63), 2**64 - 1),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+    st.just("x" * 65_537),
+    st.binary(max_size=3),
+)
+# mostly well-formed, so that what the fast path accepts is exercised as much as what it refuses
+_ids = st.one_of(_ok_id, _ok_id, _ok_id, st.just(""), st.just("i" * 257), st.integers(0, 3))
+_keys = st.one_of(_ok_key, _ok_key, _ok_key, st.just(""), st.just("k" * 257))
+_times = st.one_of(
+    st.floats(0, 2e11),
+    st.floats(0, 2e11),
+    st.floats(-1, 0, exclude_max=True),
+    st.just(math.nan),
+    st.just(math.inf),
+    st.just(3e11),
+    st.integers(0, 10**12),
+    st.text(max_size=3),
+)
+_base = st.fixed_dictionaries(
+    {
+        "event_id": _ids,
+        "entity": _ids,
+        "ts": _times,
+        "data": st.one_of(
+            st.dictionaries(_keys, _values, max_size=4),
+            st.dictionaries(_keys, _values, max_size=4),
+            st.lists(st.integers(0, 9), max_size=2),
+        ),
+    },
+    optional={"label": _values},
+)
+_events = st.one_of(_base, _base, _base.map(lambda e: {**e, "extra": 1}))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_events)
+def test_what_the_fast_path_accepts_the_full_route_accepts_unchanged(obj):
+    from services.ingest.fast_path import fast_event
+
+    raw = msgpack.packb(obj, use_bin_type=True)
+    fast = fast_event(raw)
+    try:
+        event, changed = normalise_event(decode(raw), DEFAULT)
+    except (CodecError, MessageError):
+        assert fast is None
+        return
+    if fast is not None:
+        assert not changed
+        assert (fast.event_id, fast.entity, fast.ts, fast.data, fast.label) == (
+            event.event_id,
+            event.entity,
+            event.ts,
+            event.data,
+            event.label,
+        )
+
+
+def agree(obj) -> bool:
+    """The fast path and the full route agree on `obj`; True if the fast path took it."""
+    from services.ingest.fast_path import fast_event
+
+    raw = msgpack.packb(obj, use_bin_type=True)
+    fast = fast_event(raw)
+    try:
+        event, changed = normalise_event(decode(raw), DEFAULT)
+    except (CodecError, MessageError):
+        assert fast is None, obj
+        return False
+    if fast is None:
+        return False
+    assert not changed, obj
+    got = (fast.event_id, fast.entity, fast.ts, fast.data, fast.label)
+    assert got == (event.event_id, event.entity, event.ts, event.data, event.label), obj
+    return True
+
+
+def test_fast_path_agreement_on_mostly_valid_records():
+    """Seeded sampling near the valid region, where a wrong acceptance would hide."""
+    import random
+
+    rng = random.Random(5)
+    edge_values = [math.nan, math.inf, -math.inf, 2**64 - 1, -(2**63), "v" * 65_536, "v" * 65_537]
+    accepted = 0
+    for i in range(20_000):
+        data = {
+            f"k{j}": rng.choice([rng.random(), j, True, None, "s"]) for j in range(rng.randrange(4))
+        }
+        if rng.random() < 0.3:
+            data[rng.choice(["k", "", "k" * 256, "k" * 257])] = rng.choice(edge_values)
+        ts = rng.choice(
+            [rng.uniform(0, 2e11), 2.534e11 - 1, 253_402_300_800.0, 1e12, 5, -0.5, math.nan]
+        )
+        event = {
+            "event_id": rng.choice(["e", "e" * 256, "e" * 257]),
+            "entity": f"u{i}",
+            "ts": ts,
+            "data": data,
+        }
+        if rng.random() < 0.3:
+            event["label"] = rng.choice([True, 0.5, 3, "cat", "", math.nan, None])
+        accepted += agree(event)
+    assert accepted > 2_000  # the acceptance side was exercised
+
+
+def test_the_fast_path_takes_the_common_record():
+    from services.ingest.fast_path import fast_event
+
+    assert fast_event(encode(GOOD)) is not None
+    assert fast_event(json.dumps(GOOD).encode()) is None  # JSON: the full route
+    assert fast_event(encode({**GOOD, "ts": 1_795_255_200})) is None  # rewritten as a float
