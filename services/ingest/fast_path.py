@@ -38,7 +38,7 @@ def fast_event(raw: bytes) -> WireEvent | None:
         return None
     try:
         event = _DECODER.decode(raw)
-    except msgspec.DecodeError:  # ValidationError included
+    except Exception:  # DecodeError, ValidationError, bad UTF-8…: the full route says which
         return None
     ts, label = event.ts, event.label
     if type(ts) is not float or not 0.0 <= ts < MAX_TS:  # ints are rewritten as floats

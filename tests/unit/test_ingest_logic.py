@@ -345,3 +345,7 @@ def test_the_fast_path_takes_the_common_record():
     assert fast_event(encode(GOOD)) is not None
     assert fast_event(json.dumps(GOOD).encode()) is None  # JSON: the full route
     assert fast_event(encode({**GOOD, "ts": 1_795_255_200})) is None  # rewritten as a float
+    bad_utf8 = encode({**GOOD, "entity": "u1"}).replace(b"\xa2u1", b"\xa2\x97\x98")
+    assert fast_event(bad_utf8) is None  # declined, not raised: the full route names it
+    with pytest.raises(CodecError):
+        decode(bad_utf8)
