@@ -45,7 +45,8 @@ format: setup ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: learner vs in-process River/VW; features vs Bytewax
+bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax
+	$(BIN)/headwater bench ingest
 	$(BIN)/headwater bench learner
 	$(BIN)/headwater bench features
 

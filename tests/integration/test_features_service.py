@@ -174,3 +174,33 @@ def test_learner_drops_features_re_emitted_after_a_restart(settings):
     assert status[b"labels_learned"] == b"4"
     predictions = read_topic(settings.kafka_bootstrap, settings.topics.predictions, 4)
     assert [p["event_id"] for p in predictions] == ["e0", "e1", "e2", "e3"]
+
+
+def test_a_record_the_engine_fails_on_is_dead_lettered_as_feature_error(settings, monkeypatch):
+    """Fault injection: the engine raises on one record; it goes to the DLQ, the rest flow."""
+    from shared.codec import encode
+    from shared.messages import Event
+
+    real = FeatureEngine.process
+
+    def flaky(self, partition, event):
+        if event.event_id == "boom":
+            raise ZeroDivisionError("injected")
+        return real(self, partition, event)
+
+    monkeypatch.setattr(FeatureEngine, "process", flaky)
+    service = ThreadedService(run_features, settings, parse_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        for event_id in ("a", "boom", "b"):
+            event = Event(event_id, "u1", 1_795_255_200.0, {"0": 1.0, "1": 2.0, "2": 3.0})
+            producer.produce(settings.topics.events_valid, encode(event.to_wire()), b"u1")
+        producer.close()
+        records = read_topic(settings.kafka_bootstrap, settings.topics.features, 2)
+        dead = read_topic(settings.kafka_bootstrap, settings.topics.events_dlq, 1)
+    finally:
+        service.join()
+    assert [FeatureRecord.from_wire(r).event.event_id for r in records] == ["a", "b"]
+    assert dead[0]["reason"] == "feature_error"
+    assert "ZeroDivisionError: injected" in dead[0]["message"]
+    assert dead[0]["offset"] == 1
