@@ -128,6 +128,9 @@ class IngestService:
             epoch = store.new_epoch()
             try:
                 _, state = store.load()
+                # the spec's current bounds apply from now on, whatever they were before
+                state.recent.horizon_s = self.policy.dedupe_horizon_s
+                state.recent.max_ids = self.policy.dedupe_max_ids
                 log.info(
                     "partition restored",
                     extra={"fields": {"topic": tp.topic, "partition": tp.partition}},
