@@ -12,12 +12,12 @@ import math
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from services.bench.timing import timed_rate
 from services.features.app import build_features
 from services.features.engine import FeatureEngine
 from shared.codec import decode, encode
@@ -84,29 +84,7 @@ def service_rate(stack: LocalStack, n: int, timeout: float = 600) -> float:
         kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
     )
     service = build_features(settings, parse_spec(SPEC))
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while service.emitted == 0:
-        _check(deadline, thread)
-        time.sleep(0.0005)
-    started = time.perf_counter()
-    while service.emitted < n:
-        _check(deadline, thread)
-        time.sleep(0.001)
-    service.producer.flush()  # every record acknowledged
-    elapsed = time.perf_counter() - started
-    stop.set()
-    thread.join(30)
-    return (n - 1) / elapsed
-
-
-def _check(deadline: float, thread: threading.Thread) -> None:
-    if not thread.is_alive():
-        raise RuntimeError("the service stopped during the benchmark")
-    if time.monotonic() > deadline:
-        raise TimeoutError("the benchmark stream was not finished in time")
+    return timed_rate(service.run, lambda: service.emitted, service.producer, n, timeout)
 
 
 def _window_stats(values: list[float]) -> list[Any]:

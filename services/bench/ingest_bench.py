@@ -8,7 +8,6 @@ produce and checkpoints. The ratio cancels the machine's speed out.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from msgpack import unpackb
 
+from services.bench.timing import timed_rate
 from services.ingest.app import build_ingest
 from shared.codec import encode
 from shared.kafka import SafeProducer
@@ -108,33 +108,11 @@ def service_rate(stack: LocalStack, topics: TopicNames, n: int, timeout: float =
         kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
     )
     service = build_ingest(settings, parse_spec(SPEC, "bench"))
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
 
-    def done() -> int:
+    def processed() -> int:
         return sum(o.state.counts["in"] for o in list(service.owned.values()))
 
-    while done() == 0:
-        _check(deadline, thread)
-        time.sleep(0.0005)
-    started = time.perf_counter()
-    while done() < n:
-        _check(deadline, thread)
-        time.sleep(0.001)
-    service.producer.flush()  # every output acknowledged
-    elapsed = time.perf_counter() - started
-    stop.set()
-    thread.join(30)
-    return (n - 1) / elapsed
-
-
-def _check(deadline: float, thread: threading.Thread) -> None:
-    if not thread.is_alive():
-        raise RuntimeError("the ingest service stopped during the benchmark")
-    if time.monotonic() > deadline:
-        raise TimeoutError("the benchmark stream was not finished in time")
+    return timed_rate(service.run, processed, service.producer, n, timeout)
 
 
 def run_ingest_bench(n: int = 200_000, say: Callable[[str], None] = print) -> IngestBench:

@@ -8,7 +8,6 @@ ratios, from which the machine's speed cancels out.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import vowpal_wabbit_next as vw
 
+from services.bench.timing import timed_rate
 from services.learner.app import build_learner
 from services.replay.datasets import dataset_events
 from shared.codec import encode
@@ -108,30 +108,12 @@ def service_rate(
             kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
         )
         service = build_learner(settings, spec)
-        stop = threading.Event()
-        thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while service.core.events_seen == 0:
-            _check(deadline, thread)
-            time.sleep(0.0005)
-        started = time.perf_counter()
-        while service.core.events_seen < len(events):  # every event scored and learned
-            _check(deadline, thread)
-            time.sleep(0.001)
-        service.producer.flush()  # and every prediction and outcome acknowledged
-        elapsed = time.perf_counter() - started
-        stop.set()
-        thread.join(30)
+        core = service.core
+        rate = timed_rate(
+            service.run, lambda: core.events_seen, service.producer, len(events), timeout
+        )
         del service  # its clients go before the stack does
-    return (len(events) - 1) / elapsed
-
-
-def _check(deadline: float, thread: threading.Thread) -> None:
-    if not thread.is_alive():
-        raise RuntimeError("the learner service stopped during the benchmark")
-    if time.monotonic() > deadline:
-        raise TimeoutError("the learner service did not finish the benchmark stream in time")
+    return rate
 
 
 def run_learner_bench(

@@ -13,6 +13,8 @@ import pickle
 from typing import Any
 
 SEGMENT = 8192
+# what a checkpoint holds; `ids` is rebuilt from the segments
+_STATE = ("horizon_s", "max_ids", "newest_ts", "forgotten", "_evicted", "_sealed", "_tail")
 
 
 class RecentIds:
@@ -67,26 +69,11 @@ class RecentIds:
         return len(self.ids)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (
-            self.horizon_s,
-            self.max_ids,
-            self.newest_ts,
-            self.forgotten,
-            self._evicted,
-            self._sealed,
-            self._tail,
-        )
+        return tuple(getattr(self, name) for name in _STATE)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (
-            self.horizon_s,
-            self.max_ids,
-            self.newest_ts,
-            self.forgotten,
-            self._evicted,
-            self._sealed,
-            self._tail,
-        ) = state
+        for name, value in zip(_STATE, state, strict=True):
+            setattr(self, name, value)
         arrivals: list[tuple[str, float]] = []
         for segment in self._sealed:
             arrivals.extend(pickle.loads(segment))  # bytes of our own, inside the HMAC-checked blob

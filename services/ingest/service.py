@@ -73,9 +73,10 @@ class Owned:
     marked_at: float = float("-inf")  # when state.marks were last refreshed
     reported: Counter[str] = field(default_factory=Counter)  # counts given to Prometheus
 
-    @property
-    def kind_header(self) -> tuple[str, bytes]:
-        return (KIND_HEADER, b"event/v1" if self.kind == "event" else b"label/v1")
+    kind_header: tuple[str, bytes] = field(init=False)  # built once, sent with every record
+
+    def __post_init__(self) -> None:
+        self.kind_header = (KIND_HEADER, b"event/v1" if self.kind == "event" else b"label/v1")
 
     def normalise(self, obj: Any, policy: IngestPolicy) -> tuple[Event | Label, bool]:
         if self.kind == "event":
