@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import msgpack
+import msgspec
 
 DEFAULT_MAX_BYTES = 1_048_576
 
@@ -24,9 +25,25 @@ class CodecError(ValueError):
         self.reason = reason
 
 
+def _encode_subclass(obj: Any) -> Any:
+    """Subclasses of int, float and str (NumPy scalars, enums) go as their base type,
+    as msgpack-python writes them; anything else is refused."""
+    for base in (bool, int, float, str):
+        if isinstance(obj, base):
+            return base(obj)
+    raise TypeError(f"cannot serialise an object of type {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_subclass)
+
+
 def encode(obj: Any) -> bytes:
-    """Serialise one message. Floats keep full double precision."""
-    return msgpack.packb(obj, use_bin_type=True)
+    """Serialise one message. Floats keep full double precision.
+
+    msgspec writes the same bytes as msgpack-python (a test checks) about three times
+    faster; every record Headwater writes goes through here.
+    """
+    return _ENCODER.encode(obj)
 
 
 def decode(

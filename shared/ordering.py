@@ -74,10 +74,28 @@ class OrderedMerge(Generic[T]):
 
     def pop_ready(self) -> Iterator[T]:
         """Records in order, as long as the order can no longer change."""
+        inputs = self._inputs
         while True:
-            heads = [(inp.buffer[0][0], key) for key, inp in self._inputs.items() if inp.buffer]
-            if not heads or self._held_back(self.clock()):
+            best: _Input[T] | None = None
+            best_order: OrderKey | None = None
+            some_empty = False
+            non_empty = 0
+            for inp in inputs.values():
+                if inp.buffer:
+                    non_empty += 1
+                    order = inp.buffer[0][0]
+                    if best_order is None or order < best_order:
+                        best, best_order = inp, order
+                else:
+                    some_empty = True
+            if best is None or (some_empty and self._held_back(self.clock())):
                 return
-            _, key = min(heads, key=lambda h: h[0])
-            _, item = self._inputs[key].buffer.popleft()
-            yield item
+            buffer = best.buffer
+            if some_empty and non_empty == 1:
+                # Every other input is empty and no longer holds the merge back; nothing
+                # arrives during this call, so this one's records go in a run until it is
+                # empty (then it holds the merge back in turn).
+                while buffer:
+                    yield buffer.popleft()[1]
+            else:
+                yield buffer.popleft()[1]

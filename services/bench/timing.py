@@ -31,7 +31,7 @@ def timed_rate(
     started = time.perf_counter()
     while processed() < n:
         _check(deadline, thread)
-        time.sleep(0.001)
+        time.sleep(0.01)
     producer.flush()
     elapsed = time.perf_counter() - started
     stop.set()

@@ -197,6 +197,8 @@ def metric_name(metric: Any) -> str:
 
 def features(data: Mapping[str, Any]) -> dict[str, Any]:
     """Null means missing: River models expect an absent key, not None."""
+    if type(data) is dict and None not in data.values():
+        return data  # the commonest case, without a copy (events are never changed)
     return {k: v for k, v in data.items() if v is not None}
 
 

@@ -1,7 +1,10 @@
+import enum
 import math
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.codec import CodecError, decode, encode
 
@@ -56,3 +59,40 @@ def test_json_with_a_lone_surrogate_is_refused_but_pairs_are_fine():
     with pytest.raises(CodecError, match="unpaired UTF-16 surrogate"):
         decode(b'{"entity": "\\ud800"}')
     assert decode(b'{"entity": "\\ud83d\\ude00"}') == {"entity": "\U0001f600"}
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+)
+_messages = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=10) | st.integers(-5, 5), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_messages)
+def test_encode_writes_the_bytes_msgpack_python_writes(obj):
+    """encode() uses msgspec for speed; what it writes must not change with that."""
+    assert encode(obj) == msgpack.packb(obj, use_bin_type=True)
+
+
+def test_encode_takes_subclasses_as_their_base_type_and_refuses_other_objects():
+    class Level(int, enum.Enum):
+        HIGH = 2
+
+    assert encode({"level": Level.HIGH}) == msgpack.packb({"level": 2})
+    with pytest.raises(TypeError, match="cannot serialise an object of type object"):
+        encode({"x": object()})
+    with pytest.raises(OverflowError):
+        encode(2**64)

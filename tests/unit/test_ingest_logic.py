@@ -20,6 +20,7 @@ from services.ingest.normalize import normalise_event, normalise_label, parse_ti
 from shared.codec import CodecError, decode, encode
 from shared.messages import Event, MessageError
 from shared.spec import IngestPolicy
+from tests.unit.strategies import event_like_dicts
 
 ROOT = Path(__file__).resolve().parents[2]
 T = 1_795_255_200.0  # 2026-11-21T10:00:00Z
@@ -228,45 +229,7 @@ def test_a_window_restored_at_any_point_answers_as_the_original(arrivals, max_id
 
 # -- the msgspec fast path agrees with the full route ----------------------------------
 
-_ok_id = st.text(min_size=1, max_size=4)
-_ok_key = st.text(min_size=1, max_size=3)
-_values = st.one_of(
-    st.floats(),  # NaN and infinities included
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.integers(-(2**63), 2**64 - 1),
-    st.booleans(),
-    st.none(),
-    st.text(max_size=5),
-    st.just("x" * 65_537),
-    st.binary(max_size=3),
-)
-# mostly well-formed, so that what the fast path accepts is exercised as much as what it refuses
-_ids = st.one_of(_ok_id, _ok_id, _ok_id, st.just(""), st.just("i" * 257), st.integers(0, 3))
-_keys = st.one_of(_ok_key, _ok_key, _ok_key, st.just(""), st.just("k" * 257))
-_times = st.one_of(
-    st.floats(0, 2e11),
-    st.floats(0, 2e11),
-    st.floats(-1, 0, exclude_max=True),
-    st.just(math.nan),
-    st.just(math.inf),
-    st.just(3e11),
-    st.integers(0, 10**12),
-    st.text(max_size=3),
-)
-_base = st.fixed_dictionaries(
-    {
-        "event_id": _ids,
-        "entity": _ids,
-        "ts": _times,
-        "data": st.one_of(
-            st.dictionaries(_keys, _values, max_size=4),
-            st.dictionaries(_keys, _values, max_size=4),
-            st.lists(st.integers(0, 9), max_size=2),
-        ),
-    },
-    optional={"label": _values},
-)
-_events = st.one_of(_base, _base, _base.map(lambda e: {**e, "extra": 1}))
+_events = event_like_dicts
 
 
 @settings(max_examples=3000, deadline=None)

@@ -1,6 +1,13 @@
-import pytest
+import math
 
+import msgpack
+import pytest
+from hypothesis import given, settings
+
+from shared.codec import CodecError, decode
 from shared.messages import Event, Label, Lineage, MessageError, Prediction
+from shared.messages.fast_event import fast_event
+from tests.unit.strategies import event_like_dicts
 
 
 def event(**over):
@@ -72,3 +79,22 @@ def test_prediction_round_trip_and_proba_checks():
     wire["task"] = "ranking"
     with pytest.raises(MessageError, match="task"):
         Prediction.from_wire(wire)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(event_like_dicts)
+def test_what_the_learners_fast_path_accepts_the_full_route_reads_alike(obj):
+    """The learner decodes events.valid with the shared msgspec fast path; whatever it
+    accepts, decode + Event.from_wire must accept and read the same."""
+    raw = msgpack.packb(obj, use_bin_type=True)
+    fast = fast_event(raw, math.inf)
+    try:
+        event = Event.from_wire(decode(raw))
+    except (CodecError, MessageError):
+        assert fast is None
+        return
+    if fast is not None:
+        got = Event(fast.event_id, fast.entity, fast.ts, fast.data, fast.label)
+        assert got == event
+        assert [type(v) for v in got.data.values()] == [type(v) for v in event.data.values()]
+        assert type(got.label) is type(event.label)

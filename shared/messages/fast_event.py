@@ -1,0 +1,51 @@
+"""One C-level decode-and-check for the commonest record: a well-formed MessagePack event.
+
+msgspec decodes and type-checks a record in one pass, several times faster than MessagePack
+decoding followed by the Python validator. It is only a fast path: whenever it declines (JSON,
+anything it refuses, an integer time, NaN or infinity, a time at or past `max_ts`), the caller
+takes its full route, which gives the reason or repairs the record. Property tests check that
+whatever the fast path accepts, the full route accepts unchanged, with the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from shared.messages.fields import MAX_DATA_FIELDS, MAX_ID_LEN, MAX_STRING_VALUE_LEN
+
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+Value = float | int | bool | None | Annotated[str, Meta(max_length=MAX_STRING_VALUE_LEN)]
+
+
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
+    event_id: Id
+    entity: Id
+    ts: float | int
+    data: Annotated[dict[Id, Value], Meta(max_length=MAX_DATA_FIELDS)]
+    label: bool | float | int | Id | None = None
+
+
+_DECODER = msgspec.msgpack.Decoder(WireEvent)
+
+
+def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
+    """The event if `raw` is a well-formed MessagePack event with a float time in
+    [0, max_ts) and no NaN or infinity anywhere; else None (take the full route)."""
+    if not raw or raw[0] < 0x80:  # JSON (or nothing): the full route
+        return None
+    try:
+        event = _DECODER.decode(raw)
+    except Exception:  # DecodeError, ValidationError, bad UTF-8…: the full route says which
+        return None
+    ts, label = event.ts, event.label
+    if type(ts) is not float or not 0.0 <= ts < max_ts:  # ints are rewritten as floats
+        return None
+    if type(label) is float and label - label != 0:
+        return None
+    for value in event.data.values():
+        if type(value) is float and value - value != 0:  # NaN, infinities: the spec decides
+            return None
+    return event
