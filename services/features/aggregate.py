@@ -81,7 +81,7 @@ def _aggregate_all(ops: Sequence[str], values: Sequence[Any]) -> list[Any]:
             out.append(max(nums))
         elif op == "std":
             mean = total / len(nums)
-            out.append(math.sqrt(math.fsum((x - mean) ** 2 for x in nums) / len(nums)))
+            out.append(math.sqrt(math.fsum([(x - mean) ** 2 for x in nums]) / len(nums)))
         else:
             raise ValueError(f"unknown aggregation {op!r}")
     return out

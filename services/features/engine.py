@@ -19,14 +19,41 @@ from services.features.aggregate import aggregate_all
 from shared.messages import Event
 from shared.spec.features import FeatureSpec, WindowSpec
 
-Folded = tuple[float, int, dict[str, Any]]  # (event time, arrival seq, the fields we need)
+
+class Folded:
+    """The events folded into one window of one entity, in (event time, arrival) order:
+    their times in one list (bisected in C, without a key function) and the fields each
+    carried in a parallel one."""
+
+    __slots__ = ("times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.values: list[dict[str, Any]] = []
+
+    def fold(self, t: float, values: dict[str, Any]) -> None:
+        at = bisect.bisect_right(self.times, t)  # after equal times: arrival order
+        self.times.insert(at, t)
+        self.values.insert(at, values)
+
+    def evict(self, before: float) -> None:
+        cut = bisect.bisect_left(self.times, before)
+        if cut:
+            del self.times[:cut]
+            del self.values[:cut]
+
+    def __getstate__(self) -> tuple[list[float], list[dict[str, Any]]]:
+        return self.times, self.values
+
+    def __setstate__(self, state: tuple[list[float], list[dict[str, Any]]]) -> None:
+        self.times, self.values = state
 
 
 @dataclass
 class EntityState:
     last_ts: float | None = None  # latest event time of the entity so far
     last_seen: float = 0.0  # stream time when it was last seen (for expiry)
-    windows: dict[str, list[Folded]] = field(default_factory=dict)
+    windows: dict[str, Folded] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,13 +96,15 @@ class FeatureEngine:
         values = {f: event.data[f] for f in self.fields if event.data.get(f) is not None}
         late = []
         for window in self.spec.windows:
-            folded = entity.windows.setdefault(window.name, [])
+            folded = entity.windows.get(window.name)
+            if folded is None:
+                folded = entity.windows[window.name] = Folded()
             if t < previous_stream_time - window.lateness:
                 late.append(window.name)
                 state.late += 1
             else:
-                bisect.insort(folded, (t, state.seq, values), key=lambda f: (f[0], f[1]))
-            self._evict(folded, state.stream_time - self._horizon[window.name])
+                folded.fold(t, values)
+            folded.evict(state.stream_time - self._horizon[window.name])
         features = self._features(event, entity, t)
         entity.last_ts = t if entity.last_ts is None else max(entity.last_ts, t)
         entity.last_seen = state.stream_time
@@ -87,15 +116,10 @@ class FeatureEngine:
         if self.spec.time_since_last:
             out["time_since_last_s"] = None if entity.last_ts is None else t - entity.last_ts
         for agg, name, window, names in self._plan:
-            values = window_values(window, entity.windows.get(name, []), t, agg.field)
+            folded = entity.windows.get(name)
+            values = [] if folded is None else window_values(window, folded, t, agg.field)
             out.update(zip(names, aggregate_all(agg.ops, values), strict=True))
         return out
-
-    @staticmethod
-    def _evict(folded: list[Folded], before: float) -> None:
-        cut = bisect.bisect_left(folded, before, key=lambda f: f[0])
-        if cut:
-            del folded[:cut]
 
     def _expire(self, state: PartitionState) -> None:
         """Least recently seen first: stop at the first entity still within its TTL."""
@@ -108,15 +132,13 @@ class FeatureEngine:
             state.expired += 1
 
 
-def window_values(window: WindowSpec, folded: list[Folded], t: float, name: str) -> list[Any]:
+def window_values(window: WindowSpec, folded: Folded, t: float, name: str) -> list[Any]:
     """Values of field `name` among the folded events inside the window answering time t."""
     low, high, high_inclusive = window.interval(t)
-    start = bisect.bisect_right(folded, low, key=lambda f: f[0])
-    if window.kind != "sliding":
-        start = bisect.bisect_left(folded, low, key=lambda f: f[0])  # [low, high)
-    end = (
-        bisect.bisect_right(folded, high, key=lambda f: f[0])
-        if high_inclusive
-        else bisect.bisect_left(folded, high, key=lambda f: f[0])
-    )
-    return [f[2][name] for f in folded[start:end] if name in f[2]]
+    times = folded.times
+    if window.kind == "sliding":
+        start = bisect.bisect_right(times, low)  # (low, high]
+    else:
+        start = bisect.bisect_left(times, low)  # [low, high)
+    end = bisect.bisect_right(times, high) if high_inclusive else bisect.bisect_left(times, high)
+    return [v[name] for v in folded.values[start:end] if name in v]

@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
 import redis
 
 from shared.codec import decode, encode
 
-# One call per batch: SET every key with its TTL (a pipeline of SETs costs redis-py far more).
+# One call per batch: SET every key with its TTL. The keys and values travel packed in one
+# MessagePack argument (unpacked by Redis' built-in cmsgpack): redis-py's per-argument
+# packing of a thousand arguments cost more than the whole write.
 _WRITE = """
-local ttl = ARGV[#ARGV]
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl)
+local items = cmsgpack.unpack(ARGV[1])
+local ttl = ARGV[2]
+for i = 1, #items, 2 do
+  redis.call('SET', items[i], items[i + 1], 'PX', ttl)
 end
-return #KEYS
+return #items / 2
 """
 
 
@@ -32,12 +36,13 @@ class FeatureStore:
         """The last features of each entity in a batch, in one round trip."""
         if not latest:
             return
-        keys = [self.prefix + entity for entity in latest]
-        values: list[Any] = [
-            encode({"features": features, "ts": ts, "event_id": event_id})
-            for features, ts, event_id in latest.values()
-        ]
-        self._write(keys=keys, args=[*values, self.ttl_ms])
+        items: list[str | bytes] = []
+        prefix = self.prefix
+        for entity, (features, ts, event_id) in latest.items():
+            items.append(prefix + entity)
+            items.append(encode({"features": features, "ts": ts, "event_id": event_id}))
+        # MessagePack's old format (no str8, no bin types): what Redis' cmsgpack reads
+        self._write(keys=[], args=[msgpack.packb(items, use_bin_type=False), self.ttl_ms])
 
     def read(self, entity: str) -> dict[str, Any] | None:
         """{features, ts (event time they were computed at), event_id}, or None."""

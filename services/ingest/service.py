@@ -39,7 +39,6 @@ from shared.spec import IngestPolicy
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
-KIND_HEADER = "headwater-kind"
 LINEAGE_HEADER = "headwater-lineage"  # "topic:partition:offset" of the input record
 COUNTS = ("in", "valid", "deduplicated", "dead_lettered")
 MARKS_MAX_AGE_S = 5.0  # a recovery reads at most ~this long of output again
@@ -72,11 +71,6 @@ class Owned:
     since_checkpoint: int = 0
     marked_at: float = float("-inf")  # when state.marks were last refreshed
     reported: Counter[str] = field(default_factory=Counter)  # counts given to Prometheus
-
-    kind_header: tuple[str, bytes] = field(init=False)  # built once, sent with every record
-
-    def __post_init__(self) -> None:
-        self.kind_header = (KIND_HEADER, b"event/v1" if self.kind == "event" else b"label/v1")
 
     def normalise(self, obj: Any, policy: IngestPolicy) -> tuple[Event | Label, bool]:
         if self.kind == "event":
@@ -307,7 +301,7 @@ class IngestService:
                     owned.out_topic,
                     value,  # type: ignore[arg-type]
                     entity.encode(),
-                    [owned.kind_header, (LINEAGE_HEADER, owned.lineage + str(offset).encode())],
+                    [(LINEAGE_HEADER, owned.lineage + str(offset).encode())],
                 )
         state.next_offset = offset + 1
         owned.since_checkpoint += 1
@@ -333,7 +327,6 @@ class IngestService:
             self.settings.topics.events_dlq,
             encode(envelope.to_wire()),
             key if isinstance(key, bytes) else None,
-            headers=[(KIND_HEADER, b"dlq/v1")],
         )
 
     # -- checkpoints and status ------------------------------------------------------

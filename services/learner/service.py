@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
 from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, FeatureRecord, Label, Lineage, MessageError
-from shared.messages.fast_event import fast_event
+from shared.messages.fast_event import fast_valid_event
 from shared.metrics import ServiceMetrics
 from shared.ordering import OrderedMerge, OrderKey
 from shared.redis_store import RedisStore
@@ -39,7 +38,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE = "learner"
-KIND_HEADER = "headwater-kind"
 LABEL_RANK, EVENT_RANK = 0, 1  # a label sorts before an event of the same time (simulate_qa)
 
 
@@ -319,14 +317,12 @@ class LearnerService:
         item: Event | Label | Rejected
         source = None
         fast = (
-            fast_event(raw, math.inf)
+            fast_valid_event(raw, self.settings.max_message_bytes)
             if topic == self.settings.topics.events_valid
-            and raw is not None
-            and len(raw) <= self.settings.max_message_bytes
             else None
         )
         if fast is not None:  # the commonest record, decoded and checked in one C pass
-            item = Event(fast.event_id, fast.entity, fast.ts, fast.data, fast.label)
+            item = fast
             order = (item.ts, EVENT_RANK, partition, offset)
         else:
             item, order, source = self._decode(topic, partition, offset, raw)
@@ -429,9 +425,7 @@ class LearnerService:
         topic = self.settings.topics.predictions
         key = event.entity.encode()
         for p in predictions:
-            self.producer.produce(
-                topic, encode(p.to_wire()), key, headers=[(KIND_HEADER, b"prediction/v1")]
-            )
+            self.producer.produce(topic, encode(p.to_wire()), key)
             self._tally[("predictions", p.model)] += 1
         self._tally[("records", "scored")] += 1
         if event.label is not None:
@@ -445,7 +439,6 @@ class LearnerService:
                 topic,
                 encode(o.to_wire()),
                 o.entity.encode(),
-                headers=[(KIND_HEADER, b"outcome/v1")],
             )
         self.core.outbox.clear()
 
@@ -459,7 +452,6 @@ class LearnerService:
             self.settings.topics.events_dlq,
             encode(envelope.to_wire()),
             record.key,
-            headers=[(KIND_HEADER, b"dlq/v1")],
         )
         self.dead_lettered += 1
         self._tally[("records", "dead_lettered")] += 1

@@ -13,8 +13,6 @@ from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.settings import TopicNames
 
-KIND_HEADER = "headwater-kind"
-
 
 @dataclass
 class ReplayResult:
@@ -70,7 +68,6 @@ def _send_all(
             topics.events if is_event else topics.labels,
             encode(send.message.to_wire()),
             send.key,
-            headers=[(KIND_HEADER, send.message.KIND.encode())],
         )
         if is_event:
             result.events += 1

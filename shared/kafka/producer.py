@@ -78,11 +78,16 @@ class SafeProducer:
         """Queue one record; raises a pending delivery error first. Waits when the queue is full."""
         if self._error is not None:
             self._raise_pending()
-        if partition is None and timestamp_ms is None:  # the hot path: no kwargs to build
+        if partition is None and timestamp_ms is None:  # the hot paths: no kwargs to build
             try:
                 self._producer.produce(topic, value, key, headers=headers)
             except BufferError:
                 self._produce_when_room(topic, value, key, headers=headers)
+        elif timestamp_ms is None and partition is not None:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, headers=headers)
+            except BufferError:
+                self._produce_when_room(topic, value, key, partition=partition, headers=headers)
         else:
             kwargs: dict[str, Any] = {"headers": headers}
             if partition is not None:

@@ -28,18 +28,36 @@ class RiverModel:
         if not self.classifier:
             return plain(self.estimator.predict_one(x)), None
         proba: dict[Any, float] = self.estimator.predict_proba_one(x)
-        # Classes in a canonical order: a model that keeps them in a set (KNN) would
-        # otherwise list them differently after a restore.
-        pairs = sorted(((plain(c), float(p)) for c, p in proba.items()), key=_class_order)
         if self._argmax_is_predict:
             # River's Classifier.predict_one is this argmax; skip the second pass.
-            pred = max(pairs, key=lambda cp: cp[1])[0] if pairs else None
-        else:
-            pred = plain(self.estimator.predict_one(x))
-        return pred, tuple(pairs)
+            binary = binary_proba(proba)
+            if binary is not None:
+                return binary
+            return canonical_proba(proba)
+        return plain(self.estimator.predict_one(x)), canonical_proba(proba)[1]
 
     def learn(self, x: Mapping[str, Any], y: Scalar) -> None:
         self.estimator.learn_one(x, y)
+
+
+def canonical_proba(proba: Mapping[Any, float]) -> tuple[Scalar, Proba]:
+    """The argmax and the classes in a canonical order: a model that keeps them in a set
+    (KNN) would otherwise list them differently after a restore."""
+    pairs = sorted(((plain(c), float(p)) for c, p in proba.items()), key=_class_order)
+    pred = max(pairs, key=lambda cp: cp[1])[0] if pairs else None
+    return pred, tuple(pairs)
+
+
+def binary_proba(proba: Mapping[Any, float]) -> tuple[Scalar, Proba] | None:
+    """`canonical_proba` for the commonest map, {False: p, True: q}, without the sort;
+    None for any other map."""
+    if len(proba) != 2:
+        return None
+    (c0, p0), (c1, p1) = proba.items()
+    if type(c0) is not bool or type(c1) is not bool or c0 is c1:
+        return None
+    p_false, p_true = (float(p0), float(p1)) if c0 is False else (float(p1), float(p0))
+    return p_true > p_false, ((False, p_false), (True, p_true))
 
 
 def _class_order(pair: tuple[Any, float]) -> tuple[str, Any]:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 
 from shared.codec import CodecError, decode
 from shared.messages import Event, Label, Lineage, MessageError, Prediction
-from shared.messages.fast_event import fast_event
+from shared.messages.fast_event import fast_event, fast_valid_event
 from tests.unit.strategies import event_like_dicts
 
 
@@ -94,7 +94,8 @@ def test_what_the_learners_fast_path_accepts_the_full_route_reads_alike(obj):
         assert fast is None
         return
     if fast is not None:
-        got = Event(fast.event_id, fast.entity, fast.ts, fast.data, fast.label)
+        got = fast_valid_event(raw, len(raw))
+        assert got is not None
         assert got == event
         assert [type(v) for v in got.data.values()] == [type(v) for v in event.data.values()]
         assert type(got.label) is type(event.label)

@@ -6,12 +6,14 @@ pickle state); a restored model must predict and keep learning bit-identically.
 
 import itertools
 
+import numpy as np
 import pytest
 
 from services.replay.datasets import dataset_events
 from shared.checkpoint.codec import dumps, loads, sign
 from shared.models import build_model
 from shared.models.fingerprint import fingerprint
+from shared.models.river_model import binary_proba, canonical_proba
 
 KEY = b"test-key"
 
@@ -140,3 +142,29 @@ def test_vw_learns_the_same_from_a_reused_or_a_fresh_example(task):
         reused.learn(e.data, e.label)  # same dict as predicted: cached example
         fresh.learn(dict(e.data), e.label)  # a copy: parsed again
     assert fingerprint(reused) == fingerprint(fresh)
+
+
+@pytest.mark.parametrize(
+    "proba",
+    [
+        {False: 0.2, True: 0.8},
+        {True: 0.8, False: 0.2},
+        {False: 0.5, True: 0.5},  # a tie goes to False, as River's argmax does
+        {True: 0.5, False: 0.5},
+        {False: float("nan"), True: 0.7},
+        {True: np.float64(0.6), False: np.float64(0.4)},
+    ],
+)
+def test_the_binary_shortcut_gives_the_canonical_answer(proba):
+    got = binary_proba(proba)
+    assert got is not None
+    want = canonical_proba(proba)
+    assert repr(got) == repr(want)  # same values, same types, NaN included
+    assert [type(p) for _, p in got[1]] == [float, float]
+
+
+@pytest.mark.parametrize(
+    "proba", [{0: 0.3, 1: 0.7}, {"a": 0.5, "b": 0.5}, {True: 1.0}, {False: 0.1, 1: 0.9}, {}]
+)
+def test_the_binary_shortcut_leaves_other_maps_to_the_canonical_route(proba):
+    assert binary_proba(proba) is None
