@@ -425,7 +425,7 @@ class LearnerService:
         topic = self.settings.topics.predictions
         key = event.entity.encode()
         for p in predictions:
-            self.producer.produce(topic, encode(p.to_wire()), key)
+            self.producer.produce(topic, encode(p), key)  # a Struct: encoded as its to_wire()
             self._tally[("predictions", p.model)] += 1
         self._tally[("records", "scored")] += 1
         if event.label is not None:
@@ -437,7 +437,7 @@ class LearnerService:
         for o in self.core.outbox:
             self.producer.produce(
                 topic,
-                encode(o.to_wire()),
+                encode(o),
                 o.entity.encode(),
             )
         self.core.outbox.clear()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from shared.messages.errors import MessageError
 from shared.messages.fields import check_fields, non_negative_int, require_mapping
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Lineage:
+class Lineage(msgspec.Struct, frozen=True, order=True):
     topic: str
     partition: int
     offset: int

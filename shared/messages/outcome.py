@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import msgspec
 
 from shared.messages.fields import Scalar
 from shared.messages.lineage import Lineage
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     KIND: ClassVar[str] = "outcome/v1"
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "event_id",

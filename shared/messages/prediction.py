@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import msgspec
 
 from shared.messages.errors import MessageError
 from shared.messages.fields import (
@@ -21,8 +22,7 @@ from shared.messages.lineage import Lineage
 TASKS = ("binary", "multiclass", "regression")
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(msgspec.Struct, frozen=True):
     KIND: ClassVar[str] = "prediction/v1"
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "event_id",

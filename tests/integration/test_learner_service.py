@@ -112,7 +112,11 @@ def test_bad_records_are_dead_lettered_and_the_learner_keeps_going(settings):
 
 
 def test_learner_exits_cleanly_on_sigterm(learner_process):
-    time.sleep(3)
+    # once it is running (a fixed sleep raced a slow start: SIGTERM during imports kills)
+    deadline = time.monotonic() + 60
+    while "learner active" not in learner_process.log_tail() and time.monotonic() < deadline:
+        assert learner_process.alive(), learner_process.log_tail()
+        time.sleep(0.1)
     assert learner_process.alive(), learner_process.log_tail()
     assert learner_process.stop() == 0, learner_process.log_tail()
     assert "learner stopped" in learner_process.log_tail()

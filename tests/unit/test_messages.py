@@ -4,8 +4,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 
-from shared.codec import CodecError, decode
-from shared.messages import Event, Label, Lineage, MessageError, Prediction
+from shared.codec import CodecError, decode, encode
+from shared.messages import Event, Label, Lineage, MessageError, Outcome, Prediction
 from shared.messages.fast_event import fast_event, fast_valid_event
 from tests.unit.strategies import event_like_dicts
 
@@ -99,3 +99,16 @@ def test_what_the_learners_fast_path_accepts_the_full_route_reads_alike(obj):
         assert got == event
         assert [type(v) for v in got.data.values()] == [type(v) for v in event.data.values()]
         assert type(got.label) is type(event.label)
+
+
+@pytest.mark.parametrize(
+    "proba", [((False, 0.25), (True, 0.75)), None, (("a", 0.1), ("b", 0.9)), ((1, 1.0),)]
+)
+def test_predictions_and_outcomes_encode_as_their_wire_form(proba):
+    """The learner encodes these Structs directly; the bytes must be their to_wire() ones."""
+    lineage = Lineage("events.valid", 3, 2**40)
+    p = Prediction("e1", "u1", 1.5, "p", "m", 7, "binary", True, proba, lineage)
+    o = Outcome("e1", "u1", 1.5, "p", "m", 7, "binary", True, proba, False, "topic", 5, lineage)
+    assert encode(p) == encode(p.to_wire())
+    assert encode(o) == encode(o.to_wire())
+    assert Prediction.from_wire(decode(encode(p))) == p
