@@ -228,7 +228,7 @@ def main() -> None:
     from services.replay.datasets import DatasetError
     from services.replay.recorded import RecordedStreamError
     from services.replay.replayer import ReplayInterruptedError
-    from shared.checkpoint.codec import CheckpointTamperedError
+    from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
     from shared.checkpoint.store import CheckpointLostError, CheckpointNotFoundError
     from shared.kafka import DeliveryError, TopicError
     from shared.redis_store import RedisUnavailableError
@@ -255,6 +255,7 @@ def main() -> None:
         FencedError,
         SpecMismatchError,
         CheckpointTamperedError,
+        CheckpointFormatError,
         CheckpointNotFoundError,
         CheckpointLostError,
         OSError,  # files: missing folder, no permission, disk full

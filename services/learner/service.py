@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.learner.checkpointing import Checkpointer, FencedError, LearnerState, restore
 from services.learner.core import LearnerCore
-from shared.checkpoint.codec import CheckpointTamperedError
+from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
@@ -229,7 +229,12 @@ class LearnerService:
         model, version = str(request.get("model")), int(request.get("version", -1))
         try:
             _, old = self.checkpoints.load(version)
-        except (LookupError, CheckpointTamperedError, redis.RedisError) as exc:
+        except (
+            LookupError,
+            CheckpointTamperedError,
+            CheckpointFormatError,
+            redis.RedisError,
+        ) as exc:
             log.error("rollback refused", extra={"fields": {"model": model, "error": str(exc)}})
             return
         if model not in self.core.models or model not in old.core.models:

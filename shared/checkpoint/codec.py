@@ -21,6 +21,24 @@ class CheckpointTamperedError(RuntimeError):
     """The blob's MAC does not match: it was altered, or written with another key."""
 
 
+class CheckpointFormatError(RuntimeError):
+    """The MAC verifies but the state will not unpickle: the blob was written by a version
+    of Headwater (or of River, vowpal-wabbit-next) whose classes have changed since."""
+
+
+# What pickle raises when a class was renamed, moved or reshaped since the blob was written.
+_INCOMPATIBLE = (
+    pickle.UnpicklingError,
+    ImportError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    EOFError,
+)
+
+
 @contextmanager
 def _deep_recursion() -> Iterator[None]:
     previous = sys.getrecursionlimit()
@@ -48,4 +66,11 @@ def loads(blob: bytes, mac: bytes, key: bytes, *, what: str = "checkpoint") -> A
             "HEADWATER_CHECKPOINT_KEY); refusing to load it"
         )
     with _deep_recursion():
-        return pickle.loads(blob)
+        try:
+            return pickle.loads(blob)
+        except _INCOMPATIBLE as exc:
+            raise CheckpointFormatError(
+                f"{what} is authentic but cannot be read by this version of Headwater or its "
+                f"libraries ({type(exc).__name__}: {exc}); run the version that wrote it, or "
+                "remove the service's checkpoints to start over deliberately"
+            ) from exc

@@ -130,7 +130,9 @@ class CheckpointStore:
                 f"checkpoint version {version} not found (only the last {self.keep} are kept)"
             )
         info = _info(version, fields)
-        state = loads(fields[b"blob"], fields[b"mac"], self.key, what=f"checkpoint v{version}")
+        state = loads(
+            fields[b"blob"], fields[b"mac"], self.key, what=f"checkpoint {self.base}:v:{version}"
+        )
         return info, state
 
     def versions(self) -> list[CheckpointInfo]:

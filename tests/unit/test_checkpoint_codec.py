@@ -1,8 +1,15 @@
 import pickle
+import sys
 
 import pytest
 
-from shared.checkpoint.codec import CheckpointTamperedError, dumps, loads, sign
+from shared.checkpoint.codec import (
+    CheckpointFormatError,
+    CheckpointTamperedError,
+    dumps,
+    loads,
+    sign,
+)
 
 
 class Boom:
@@ -26,3 +33,23 @@ def test_tampered_blob_is_refused_before_unpickling():
     flipped = bytes([blob[0] ^ 1]) + blob[1:]
     with pytest.raises(CheckpointTamperedError):
         loads(flipped, sign(blob, b"k"), b"k")
+
+
+class Gone:
+    """Stands for a state class that a later version renamed or removed."""
+
+
+def test_authentic_blob_of_an_older_format_gives_a_clear_error(monkeypatch):
+    blob = dumps({"state": Gone()})
+    mac = sign(blob, b"k")
+    monkeypatch.delattr(sys.modules[__name__], "Gone")
+    with pytest.raises(CheckpointFormatError, match="cannot be read by this version") as info:
+        loads(blob, mac, b"k", what="checkpoint x:v:3")
+    assert "checkpoint x:v:3" in str(info.value)
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+def test_truncated_authentic_blob_gives_a_clear_error():
+    blob = dumps({"a": list(range(100))})[:-7]
+    with pytest.raises(CheckpointFormatError):
+        loads(blob, sign(blob, b"k"), b"k")
