@@ -7,8 +7,10 @@ events were folded in; std is the population standard deviation around that mean
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from shared.spec.features import OPS
 
 
 def _numbers(values: Sequence[Any]) -> list[float]:
@@ -85,3 +87,59 @@ def _aggregate_all(ops: Sequence[str], values: Sequence[Any]) -> list[Any]:
         else:
             raise ValueError(f"unknown aggregation {op!r}")
     return out
+
+
+def compile_ops(ops: Sequence[str]) -> Callable[[list[Any]], Sequence[Any]]:
+    """`aggregate_all` for one fixed list of ops, with the work for that list chosen once:
+    an empty window and one holding a single finite float are answered without a pass, and
+    purely numeric ops share one. Results equal `aggregate_all`'s bit for bit (a property
+    test checks, -0.0 included); callers must not mutate them."""
+    ops = tuple(ops)
+    for op in ops:
+        if op not in OPS:
+            raise ValueError(f"unknown aggregation {op!r}")
+    empty = tuple(aggregate_all(ops, []))
+    # one value v: counts 1, std 0.0; min, max and last v itself; sum and mean v + 0.0,
+    # because fsum([-0.0]) is 0.0
+    single: list[Any] = [
+        1 if op in ("count", "distinct_count") else 0.0 if op == "std" else None for op in ops
+    ]
+    as_is = tuple(i for i, op in enumerate(ops) if op in ("min", "max", "last"))
+    summed = tuple(i for i, op in enumerate(ops) if op in ("sum", "mean"))
+    numeric = set(ops) <= set(_NUMERIC)
+    pick = [_NUMERIC.index(op) for op in ops] if numeric else []
+    wants_std = "std" in ops
+
+    def run(values: list[Any]) -> Sequence[Any]:
+        if len(values) == 1:
+            v = values[0]
+            if type(v) is float and v - v == 0.0:  # finite: no inf - inf in std
+                out = single.copy()
+                for i in as_is:
+                    out[i] = v
+                for i in summed:
+                    out[i] = v + 0.0
+                return out
+        elif not values:
+            return empty
+        if numeric:
+            nums = _numbers(values)
+            if nums:
+                try:
+                    total = math.fsum(nums)
+                    mean = total / len(nums)
+                    std = (
+                        math.sqrt(math.fsum([(x - mean) ** 2 for x in nums]) / len(nums))
+                        if wants_std
+                        else None
+                    )
+                except OverflowError:
+                    return aggregate_all(ops, values)
+                stats = (len(values), total, mean, min(nums), max(nums), std)
+                return [stats[i] for i in pick]
+        return aggregate_all(ops, values)
+
+    return run
+
+
+_NUMERIC = ("count", "sum", "mean", "min", "max", "std")  # the order of `stats` above

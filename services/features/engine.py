@@ -10,50 +10,62 @@ are dropped, so memory stays bounded however many entities pass.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from services.features.aggregate import aggregate_all
+from services.features.aggregate import compile_ops
 from shared.messages import Event
 from shared.spec.features import FeatureSpec, WindowSpec
 
 
 class Folded:
     """The events folded into one window of one entity, in (event time, arrival) order:
-    their times in one list (bisected in C, without a key function) and the fields each
-    carried in a parallel one."""
+    their times in one list (bisected in C, without a key function) and, per aggregated
+    field, a parallel column of values (None where an event lacked the field), so a
+    window's values are one slice."""
 
-    __slots__ = ("times", "values")
+    __slots__ = ("columns", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, fields: int) -> None:
         self.times: list[float] = []
-        self.values: list[dict[str, Any]] = []
+        self.columns: list[list[Any]] = [[] for _ in range(fields)]
 
-    def fold(self, t: float, values: dict[str, Any]) -> None:
-        at = bisect.bisect_right(self.times, t)  # after equal times: arrival order
+    def fold(self, t: float, row: Sequence[Any]) -> None:
+        at = bisect_right(self.times, t)  # after equal times: arrival order
         self.times.insert(at, t)
-        self.values.insert(at, values)
+        for column, value in zip(self.columns, row):  # noqa: B905 (same length by design)
+            column.insert(at, value)
 
     def evict(self, before: float) -> None:
-        cut = bisect.bisect_left(self.times, before)
+        cut = bisect_left(self.times, before)
         if cut:
             del self.times[:cut]
-            del self.values[:cut]
+            for column in self.columns:
+                del column[:cut]
 
-    def __getstate__(self) -> tuple[list[float], list[dict[str, Any]]]:
-        return self.times, self.values
+    def __getstate__(self) -> tuple[list[float], list[list[Any]]]:
+        return self.times, self.columns
 
-    def __setstate__(self, state: tuple[list[float], list[dict[str, Any]]]) -> None:
-        self.times, self.values = state
+    def __setstate__(self, state: tuple[list[float], list[list[Any]]]) -> None:
+        self.times, self.columns = state
 
 
-@dataclass
 class EntityState:
-    last_ts: float | None = None  # latest event time of the entity so far
-    last_seen: float = 0.0  # stream time when it was last seen (for expiry)
-    windows: dict[str, Folded] = field(default_factory=dict)
+    __slots__ = ("last_seen", "last_ts", "windows")
+
+    def __init__(self, windows: int, fields: int) -> None:
+        self.last_ts: float | None = None  # latest event time of the entity so far
+        self.last_seen = 0.0  # stream time when it was last seen (for expiry)
+        self.windows = [Folded(fields) for _ in range(windows)]  # in the spec's window order
+
+    def __getstate__(self) -> tuple[float | None, float, list[Folded]]:
+        return self.last_ts, self.last_seen, self.windows
+
+    def __setstate__(self, state: tuple[float | None, float, list[Folded]]) -> None:
+        self.last_ts, self.last_seen, self.windows = state
 
 
 @dataclass
@@ -65,10 +77,18 @@ class PartitionState:
     expired: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Computed:
+class Computed(NamedTuple):
     features: dict[str, Any]
     late_windows: tuple[str, ...]
+
+
+class _Plan(NamedTuple):
+    """One aggregation over one window, compiled once."""
+
+    window: int  # index into the spec's windows
+    column: int  # index into the engine's fields
+    names: tuple[str, ...]  # output names, one per op
+    run: Callable[[list[Any]], Sequence[Any]]
 
 
 class FeatureEngine:
@@ -76,69 +96,85 @@ class FeatureEngine:
         self.spec = spec
         self.fields = sorted({a.field for a in spec.aggregations})
         self.partitions: dict[int, PartitionState] = {}
-        self._horizon = {w.name: w.size + w.lateness for w in spec.windows}
-        by_window = {w.name: w for w in spec.windows}
-        # (aggregation, window name, window, output names), computed once
+        self._windows = spec.windows
+        self._horizon = [w.size + w.lateness for w in spec.windows]
+        index = {w.name: i for i, w in enumerate(spec.windows)}
+        column = {f: i for i, f in enumerate(self.fields)}
         self._plan = [
-            (agg, name, by_window[name], [f"{agg.field}_{op}_{name}" for op in agg.ops])
+            _Plan(
+                index[name],
+                column[agg.field],
+                tuple(f"{agg.field}_{op}_{name}" for op in agg.ops),
+                compile_ops(agg.ops),
+            )
             for agg in spec.aggregations
             for name in agg.windows
         ]
 
     def process(self, partition: int, event: Event) -> Computed:
-        state = self.partitions.setdefault(partition, PartitionState())
+        state = self.partitions.get(partition)
+        if state is None:
+            state = self.partitions[partition] = PartitionState()
         t = event.ts
-        entity = state.entities.pop(event.entity, None) or EntityState()
-        state.entities[event.entity] = entity  # most recently seen last
+        entities = state.entities
+        entity = entities.get(event.entity)
+        if entity is None:
+            entity = entities[event.entity] = EntityState(len(self._windows), len(self.fields))
+        else:
+            entities.move_to_end(event.entity)  # most recently seen last
         previous_stream_time = state.stream_time
-        state.stream_time = max(state.stream_time, t)
+        now = state.stream_time = t if t > previous_stream_time else previous_stream_time
         state.seq += 1
-        values = {f: event.data[f] for f in self.fields if event.data.get(f) is not None}
-        late = []
-        for window in self.spec.windows:
-            folded = entity.windows.get(window.name)
-            if folded is None:
-                folded = entity.windows[window.name] = Folded()
+        data = event.data
+        row = [data.get(f) for f in self.fields]
+        late: list[str] = []
+        bounds = []
+        for window, folded, horizon in zip(self._windows, entity.windows, self._horizon):  # noqa: B905
             if t < previous_stream_time - window.lateness:
                 late.append(window.name)
                 state.late += 1
             else:
-                folded.fold(t, values)
-            folded.evict(state.stream_time - self._horizon[window.name])
-        features = self._features(event, entity, t)
-        entity.last_ts = t if entity.last_ts is None else max(entity.last_ts, t)
-        entity.last_seen = state.stream_time
+                folded.fold(t, row)
+            folded.evict(now - horizon)
+            bounds.append(slice_bounds(window, folded.times, t))
+        features = self._features(event, entity, t, bounds)
+        last_ts = entity.last_ts
+        entity.last_ts = t if last_ts is None or t > last_ts else last_ts
+        entity.last_seen = now
         self._expire(state)
         return Computed(features, tuple(late))
 
-    def _features(self, event: Event, entity: EntityState, t: float) -> dict[str, Any]:
+    def _features(
+        self, event: Event, entity: EntityState, t: float, bounds: list[tuple[int, int]]
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {f: event.data.get(f) for f in self.spec.passthrough}
         if self.spec.time_since_last:
             out["time_since_last_s"] = None if entity.last_ts is None else t - entity.last_ts
-        for agg, name, window, names in self._plan:
-            folded = entity.windows.get(name)
-            values = [] if folded is None else window_values(window, folded, t, agg.field)
-            out.update(zip(names, aggregate_all(agg.ops, values), strict=True))
+        windows = entity.windows
+        for plan in self._plan:
+            start, end = bounds[plan.window]
+            values = windows[plan.window].columns[plan.column][start:end]
+            if None in values:
+                values = [v for v in values if v is not None]
+            out.update(zip(plan.names, plan.run(values)))  # noqa: B905
         return out
 
     def _expire(self, state: PartitionState) -> None:
         """Least recently seen first: stop at the first entity still within its TTL."""
         limit = state.stream_time - self.spec.entity_ttl
-        while state.entities:
-            key, oldest = next(iter(state.entities.items()))
+        entities = state.entities
+        while entities:
+            key, oldest = next(iter(entities.items()))
             if oldest.last_seen >= limit:
                 return
-            del state.entities[key]
+            del entities[key]
             state.expired += 1
 
 
-def window_values(window: WindowSpec, folded: Folded, t: float, name: str) -> list[Any]:
-    """Values of field `name` among the folded events inside the window answering time t."""
-    low, high, high_inclusive = window.interval(t)
-    times = folded.times
-    if window.kind == "sliding":
-        start = bisect.bisect_right(times, low)  # (low, high]
-    else:
-        start = bisect.bisect_left(times, low)  # [low, high)
-    end = bisect.bisect_right(times, high) if high_inclusive else bisect.bisect_left(times, high)
-    return [v[name] for v in folded.values[start:end] if name in v]
+def slice_bounds(window: WindowSpec, times: list[float], t: float) -> tuple[int, int]:
+    """[start, end) of the folded events inside the window answering event time t."""
+    if window.kind == "sliding":  # (t - size, t]
+        return bisect_right(times, t - window.size), bisect_right(times, t)
+    step = window.size if window.kind == "tumbling" else window.step
+    high = (t // step + 1) * step  # [high - size, high)
+    return bisect_left(times, high - window.size), bisect_left(times, high)

@@ -102,6 +102,8 @@ class FeaturesService:
                 )
                 if batch:
                     self.handle_batch(batch)
+                else:
+                    self._settle_feature_store()  # idle: the store catches up now
                 self.producer.poll()
                 if self._due():
                     try:
@@ -113,6 +115,7 @@ class FeaturesService:
                         self.last_checkpoint = time.monotonic()
                 self.publish_status(force=False)
             self.checkpoint(list(self.owned), "shutdown")
+            self._settle_feature_store()
             self.publish_status(force=True)
         finally:
             self.closing = True  # leaving the group revokes partitions: already checkpointed
@@ -151,6 +154,12 @@ class FeaturesService:
             owned.since_checkpoint += 1
         try:
             self.feature_store.write_latest(latest)
+        except redis.RedisError as exc:  # the topic has them; the store catches up next batch
+            log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
+
+    def _settle_feature_store(self) -> None:
+        try:
+            self.feature_store.flush()
         except redis.RedisError as exc:  # the topic has them; the store catches up next batch
             log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
 

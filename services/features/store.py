@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,17 +24,27 @@ return #items / 2
 """
 
 
+_WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()
+
+
 class FeatureStore:
-    """`headwater:<pipeline>:features:<entity>` -> MessagePack {features, ts, event_id}."""
+    """`headwater:<pipeline>:features:<entity>` -> MessagePack {features, ts, event_id}.
+
+    Writes are pipelined across batches: a batch's write is sent without waiting for its
+    reply, which is read when the next batch is written (or at `flush`), so Redis applies
+    one batch while the service computes the next. At most one write is in flight.
+    """
 
     def __init__(self, client: redis.Redis, pipeline: str, ttl_s: float) -> None:
         self.client = client
         self.prefix = f"headwater:{pipeline}:features:"
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        self._write = client.register_script(_WRITE)
+        self._in_flight: tuple[Any, bytes] | None = None  # (connection, packed items)
 
     def write_latest(self, latest: Mapping[str, tuple[dict[str, Any], float, str]]) -> None:
-        """The last features of each entity in a batch, in one round trip."""
+        """Send the last features of each entity in a batch in one command, after settling
+        the previous batch's write (whose Redis error, if any, is raised here)."""
+        self.flush()
         if not latest:
             return
         items: list[str | bytes] = []
@@ -42,7 +53,34 @@ class FeatureStore:
             items.append(prefix + entity)
             items.append(encode({"features": features, "ts": ts, "event_id": event_id}))
         # MessagePack's old format (no str8, no bin types): what Redis' cmsgpack reads
-        self._write(keys=[], args=[msgpack.packb(items, use_bin_type=False), self.ttl_ms])
+        packed = msgpack.packb(items, use_bin_type=False)
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()  # redis-py leaves it unannotated
+        try:
+            connection.send_command("EVALSHA", _WRITE_SHA, 0, packed, self.ttl_ms)
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        self._in_flight = (connection, packed)
+
+    def flush(self) -> None:
+        """Wait for the write in flight, if any; raises its Redis error."""
+        if self._in_flight is None:
+            return
+        connection, packed = self._in_flight
+        self._in_flight = None
+        pool = self.client.connection_pool
+        try:
+            try:
+                connection.read_response()
+            except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it now
+                self.client.eval(_WRITE, 0, packed, self.ttl_ms)
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def read(self, entity: str) -> dict[str, Any] | None:
         """{features, ts (event time they were computed at), event_id}, or None."""

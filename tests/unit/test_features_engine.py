@@ -7,11 +7,12 @@ import math
 import statistics
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.features.engine import FeatureEngine
 from shared.messages import Event
+from shared.spec.features import OPS as OPS_ALL
 from shared.spec.features import parse_features, seconds
 
 SECTION = {
@@ -217,3 +218,27 @@ def test_huge_values_give_null_not_an_error():
         None,
         1e308,
     ]
+
+
+@given(
+    st.lists(st.sampled_from(OPS_ALL), min_size=1, max_size=8),
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=False),  # infinities and -0.0 included
+            st.sampled_from([0.0, -0.0, 1e308, -1e308]),
+            st.integers(-(10**20), 10**20),
+            st.booleans(),
+            st.text(max_size=2),
+        ),
+        max_size=4,
+    ),
+)
+@example(["sum", "mean", "std"], [-0.0])  # fsum turns -0.0 into 0.0
+@example(["std"], [math.inf])
+@example(["sum", "mean", "min", "max", "std"], [1e308, 1e308])  # overflow: None, not an error
+def test_compiled_ops_equal_aggregate_all_bit_for_bit(ops, values):
+    from services.features.aggregate import aggregate_all, compile_ops
+
+    got = list(compile_ops(ops)(values))
+    want = aggregate_all(ops, values)
+    assert [repr(v) for v in got] == [repr(v) for v in want]  # repr tells -0.0 from 0.0
