@@ -144,7 +144,7 @@ class FeaturesService:
                 record = FeatureRecord(event, computed.features, computed.late_windows, lineage)
                 self.producer.produce(
                     self.settings.topics.features,
-                    encode(record.to_wire()),
+                    encode(record),
                     event.entity.encode(),
                     partition=partition,
                 )

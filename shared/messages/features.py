@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import msgspec
 
 from shared.messages.errors import MessageError
 from shared.messages.event import Event
@@ -16,8 +17,9 @@ from shared.messages.fields import (
 from shared.messages.lineage import Lineage
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRecord:
+class FeatureRecord(msgspec.Struct, frozen=True):
+    """Encoded directly (the same bytes as `to_wire`, a test checks)."""
+
     KIND: ClassVar[str] = "features/v1"
     REQUIRED: ClassVar[tuple[str, ...]] = ("event", "features", "late_windows", "lineage")
     OPTIONAL: ClassVar[tuple[str, ...]] = ()

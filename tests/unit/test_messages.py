@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from shared.codec import CodecError, decode, encode
 from shared.messages import Event, Label, Lineage, MessageError, Outcome, Prediction
 from shared.messages.fast_event import fast_event, fast_valid_event
+from shared.messages.features import FeatureRecord
 from tests.unit.strategies import event_like_dicts
 
 
@@ -112,3 +113,15 @@ def test_predictions_and_outcomes_encode_as_their_wire_form(proba):
     assert encode(p) == encode(p.to_wire())
     assert encode(o) == encode(o.to_wire())
     assert Prediction.from_wire(decode(encode(p))) == p
+
+
+@pytest.mark.parametrize("label", [None, False, True, 0.0, 2.5, "spam"])
+def test_events_and_feature_records_encode_as_their_wire_form(label):
+    """The features service encodes these Structs directly; a null label is left out."""
+    event = Event("e1", "u1", 1.5, {"x": 1, "s": "a", "b": False, "n": None}, label)
+    assert encode(event) == encode(event.to_wire())
+    record = FeatureRecord(
+        event, {"x_mean_1m": 1.0, "x_min_1m": None}, ("1m",), Lineage("events.valid", 1, 9)
+    )
+    assert encode(record) == encode(record.to_wire())
+    assert FeatureRecord.from_wire(decode(encode(record))) == record
