@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from services.features.aggregate import compile_ops
 from shared.messages import Event
-from shared.spec.features import FeatureSpec, WindowSpec
+from shared.spec.features import FeatureSpec
 
 
 class Folded:
@@ -33,18 +33,11 @@ class Folded:
         self.times: list[float] = []
         self.columns: list[list[Any]] = [[] for _ in range(fields)]
 
-    def fold(self, t: float, row: Sequence[Any]) -> None:
-        at = bisect_right(self.times, t)  # after equal times: arrival order
-        self.times.insert(at, t)
-        for column, value in zip(self.columns, row):  # noqa: B905 (same length by design)
-            column.insert(at, value)
-
-    def evict(self, before: float) -> None:
-        cut = bisect_left(self.times, before)
-        if cut:
-            del self.times[:cut]
-            for column in self.columns:
-                del column[:cut]
+    def evict(self, cut: int) -> None:
+        """Drop the first `cut` events (those before the window's horizon)."""
+        del self.times[:cut]
+        for column in self.columns:
+            del column[:cut]
 
     def __getstate__(self) -> tuple[list[float], list[list[Any]]]:
         return self.times, self.columns
@@ -97,7 +90,18 @@ class FeatureEngine:
         self.fields = sorted({a.field for a in spec.aggregations})
         self.partitions: dict[int, PartitionState] = {}
         self._windows = spec.windows
-        self._horizon = [w.size + w.lateness for w in spec.windows]
+        # per window: name, lateness, horizon (size + lateness), sliding?, size, step
+        self._compiled = [
+            (
+                w.name,
+                w.lateness,
+                w.size + w.lateness,
+                w.kind == "sliding",
+                w.size,
+                w.size if w.kind == "tumbling" else w.step,
+            )
+            for w in spec.windows
+        ]
         index = {w.name: i for i, w in enumerate(spec.windows)}
         column = {f: i for i, f in enumerate(self.fields)}
         self._plan = [
@@ -127,37 +131,44 @@ class FeatureEngine:
         state.seq += 1
         data = event.data
         row = [data.get(f) for f in self.fields]
-        late: list[str] = []
+        late: tuple[str, ...] = ()
         bounds = []
-        for window, folded, horizon in zip(self._windows, entity.windows, self._horizon):  # noqa: B905
-            if t < previous_stream_time - window.lateness:
-                late.append(window.name)
+        # Written out rather than split into calls: this loop runs per event and window.
+        for (name, lateness, horizon, sliding, size, step), folded in zip(  # noqa: B905
+            self._compiled, entity.windows
+        ):
+            times = folded.times
+            if t < previous_stream_time - lateness:
+                late += (name,)
                 state.late += 1
             else:
-                folded.fold(t, row)
-            folded.evict(now - horizon)
-            bounds.append(slice_bounds(window, folded.times, t))
-        features = self._features(event, entity, t, bounds)
+                at = bisect_right(times, t)  # after equal times: arrival order
+                times.insert(at, t)
+                for column, value in zip(folded.columns, row):  # noqa: B905
+                    column.insert(at, value)
+            cut = bisect_left(times, now - horizon)
+            if cut:
+                folded.evict(cut)
+            if sliding:  # (t - size, t]
+                bounds.append((bisect_right(times, t - size), bisect_right(times, t)))
+            else:  # the tumbling or hopping window holding t: [high - size, high)
+                high = (t // step + 1) * step
+                bounds.append((bisect_left(times, high - size), bisect_left(times, high)))
+        out: dict[str, Any] = {f: data.get(f) for f in self.spec.passthrough}
         last_ts = entity.last_ts
+        if self.spec.time_since_last:
+            out["time_since_last_s"] = None if last_ts is None else t - last_ts
+        windows = entity.windows
+        for w, col, names, run in self._plan:
+            start, end = bounds[w]
+            values = windows[w].columns[col][start:end]
+            if None in values:
+                values = [v for v in values if v is not None]
+            out.update(zip(names, run(values)))  # noqa: B905
         entity.last_ts = t if last_ts is None or t > last_ts else last_ts
         entity.last_seen = now
         self._expire(state)
-        return Computed(features, tuple(late))
-
-    def _features(
-        self, event: Event, entity: EntityState, t: float, bounds: list[tuple[int, int]]
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {f: event.data.get(f) for f in self.spec.passthrough}
-        if self.spec.time_since_last:
-            out["time_since_last_s"] = None if entity.last_ts is None else t - entity.last_ts
-        windows = entity.windows
-        for plan in self._plan:
-            start, end = bounds[plan.window]
-            values = windows[plan.window].columns[plan.column][start:end]
-            if None in values:
-                values = [v for v in values if v is not None]
-            out.update(zip(plan.names, plan.run(values)))  # noqa: B905
-        return out
+        return Computed(out, late)
 
     def _expire(self, state: PartitionState) -> None:
         """Least recently seen first: stop at the first entity still within its TTL."""
@@ -169,12 +180,3 @@ class FeatureEngine:
                 return
             del entities[key]
             state.expired += 1
-
-
-def slice_bounds(window: WindowSpec, times: list[float], t: float) -> tuple[int, int]:
-    """[start, end) of the folded events inside the window answering event time t."""
-    if window.kind == "sliding":  # (t - size, t]
-        return bisect_right(times, t - window.size), bisect_right(times, t)
-    step = window.size if window.kind == "tumbling" else window.step
-    high = (t // step + 1) * step  # [high - size, high)
-    return bisect_left(times, high - window.size), bisect_left(times, high)
