@@ -20,7 +20,7 @@ from shared.kafka import SafeProducer
 from shared.schemas import validator
 
 from .conftest import service_env
-from .helpers import read_until
+from .helpers import peak_rss_mib, read_until
 
 SPEC = """
 name: fuzz
@@ -101,13 +101,6 @@ def _hostile(seed: int, n: int) -> Iterator[bytes]:
             if len(sent_ok) > 5000:
                 sent_ok.pop(0)
             yield value
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.mark.slow
