@@ -125,7 +125,7 @@ class FeaturesService:
                 self.producer.close()
 
     def handle_batch(self, batch: list[Message]) -> None:
-        latest: dict[str, tuple[dict[str, object], float, str]] = {}
+        latest: dict[str, bytes] = {}  # per entity, its last record: the store's value
         for msg in batch:
             topic, partition, offset = position(msg)
             owned = self.owned.get(partition)
@@ -141,14 +141,13 @@ class FeaturesService:
                 log.exception("features failed on a record", extra={"fields": {"offset": offset}})
                 self.dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
             else:
-                record = FeatureRecord(event, computed.features, computed.late_windows, lineage)
-                self.producer.produce(
-                    self.settings.topics.features,
-                    encode(record),
-                    event.entity.encode(),
-                    partition=partition,
+                value = encode(
+                    FeatureRecord(event, computed.features, computed.late_windows, lineage)
                 )
-                latest[event.entity] = (computed.features, event.ts, event.event_id)
+                self.producer.produce(
+                    self.settings.topics.features, value, event.entity.encode(), partition=partition
+                )
+                latest[event.entity] = value
                 self.emitted += 1
             owned.next_offset = offset + 1
             owned.since_checkpoint += 1

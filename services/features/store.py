@@ -9,7 +9,8 @@ from typing import Any
 import msgpack
 import redis
 
-from shared.codec import decode, encode
+from shared.codec import decode
+from shared.messages import FeatureRecord
 
 # One call per batch: SET every key with its TTL. The keys and values travel packed in one
 # MessagePack argument (unpacked by Redis' built-in cmsgpack): redis-py's per-argument
@@ -28,7 +29,8 @@ _WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()
 
 
 class FeatureStore:
-    """`headwater:<pipeline>:features:<entity>` -> MessagePack {features, ts, event_id}.
+    """`headwater:<pipeline>:features:<entity>` -> the entity's last features/v1 record, the
+    same bytes the features topic carried (written once, sent twice).
 
     Writes are pipelined across batches: a batch's write is sent without waiting for its
     reply, which is read when the next batch is written (or at `flush`), so Redis applies
@@ -41,17 +43,17 @@ class FeatureStore:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self._in_flight: tuple[Any, bytes] | None = None  # (connection, packed items)
 
-    def write_latest(self, latest: Mapping[str, tuple[dict[str, Any], float, str]]) -> None:
-        """Send the last features of each entity in a batch in one command, after settling
-        the previous batch's write (whose Redis error, if any, is raised here)."""
+    def write_latest(self, latest: Mapping[str, bytes]) -> None:
+        """Send the last features/v1 record of each entity in a batch in one command, after
+        settling the previous batch's write (whose Redis error, if any, is raised here)."""
         self.flush()
         if not latest:
             return
         items: list[str | bytes] = []
         prefix = self.prefix
-        for entity, (features, ts, event_id) in latest.items():
+        for entity, record in latest.items():
             items.append(prefix + entity)
-            items.append(encode({"features": features, "ts": ts, "event_id": event_id}))
+            items.append(record)
         # MessagePack's old format (no str8, no bin types): what Redis' cmsgpack reads
         packed = msgpack.packb(items, use_bin_type=False)
         pool = self.client.connection_pool
@@ -87,5 +89,9 @@ class FeatureStore:
         raw = self.client.get(self.prefix + entity)
         if raw is None:
             return None
-        value: dict[str, Any] = decode(raw)  # type: ignore[arg-type]
-        return value
+        record = FeatureRecord.from_wire(decode(raw))  # type: ignore[arg-type]
+        return {
+            "features": record.features,
+            "ts": record.event.ts,
+            "event_id": record.event.event_id,
+        }
