@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,9 +76,9 @@ class Rejected:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Buffered:
-    """A decoded input record waiting in the ordered merge."""
+class Buffered(msgspec.Struct, frozen=True):
+    """A decoded input record waiting in the ordered merge (a Struct: one is built per
+    input record, and a frozen dataclass's __init__ cost a microsecond)."""
 
     lineage: Lineage
     item: Event | Label | Rejected
