@@ -64,7 +64,6 @@ class EntityState:
 @dataclass
 class PartitionState:
     stream_time: float = float("-inf")
-    seq: int = 0
     entities: OrderedDict[str, EntityState] = field(default_factory=OrderedDict)  # LRU order
     late: int = 0  # (event, window) pairs not folded in
     expired: int = 0
@@ -89,7 +88,6 @@ class FeatureEngine:
         self.spec = spec
         self.fields = sorted({a.field for a in spec.aggregations})
         self.partitions: dict[int, PartitionState] = {}
-        self._windows = spec.windows
         # per window: name, lateness, horizon (size + lateness), sliding?, size, step
         self._compiled = [
             (
@@ -123,12 +121,11 @@ class FeatureEngine:
         entities = state.entities
         entity = entities.get(event.entity)
         if entity is None:
-            entity = entities[event.entity] = EntityState(len(self._windows), len(self.fields))
+            entity = entities[event.entity] = EntityState(len(self._compiled), len(self.fields))
         else:
             entities.move_to_end(event.entity)  # most recently seen last
         previous_stream_time = state.stream_time
         now = state.stream_time = t if t > previous_stream_time else previous_stream_time
-        state.seq += 1
         data = event.data
         row = [data.get(f) for f in self.fields]
         late: tuple[str, ...] = ()
@@ -151,7 +148,8 @@ class FeatureEngine:
                 folded.evict(cut)
             if sliding:  # (t - size, t]
                 bounds.append((bisect_right(times, t - size), bisect_right(times, t)))
-            else:  # the tumbling or hopping window holding t: [high - size, high)
+            else:  # tumbling: the window holding t; hopping: the one ending at the first
+                # step boundary after t. Either way [high - size, high)
                 high = (t // step + 1) * step
                 bounds.append((bisect_left(times, high - size), bisect_left(times, high)))
         out: dict[str, Any] = {f: data.get(f) for f in self.spec.passthrough}

@@ -103,7 +103,7 @@ class FeaturesService:
                 if batch:
                     self.handle_batch(batch)
                 else:
-                    self._settle_feature_store()  # idle: the store catches up now
+                    self._update_feature_store()  # idle: the store catches up now
                 self.producer.poll()
                 if self._due():
                     try:
@@ -115,7 +115,7 @@ class FeaturesService:
                         self.last_checkpoint = time.monotonic()
                 self.publish_status(force=False)
             self.checkpoint(list(self.owned), "shutdown")
-            self._settle_feature_store()
+            self._update_feature_store()
             self.publish_status(force=True)
         finally:
             self.closing = True  # leaving the group revokes partitions: already checkpointed
@@ -151,15 +151,18 @@ class FeaturesService:
                 self.emitted += 1
             owned.next_offset = offset + 1
             owned.since_checkpoint += 1
-        try:
-            self.feature_store.write_latest(latest)
-        except redis.RedisError as exc:  # the topic has them; the store catches up next batch
-            log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
+        self._update_feature_store(latest)
 
-    def _settle_feature_store(self) -> None:
+    def _update_feature_store(self, latest: dict[str, bytes] | None = None) -> None:
+        """Send a batch's latest records (settling the previous write), or, with none, wait
+        for the write in flight. A Redis error is logged: the topic has the records, and an
+        entity's key is written again with its next event."""
         try:
-            self.feature_store.flush()
-        except redis.RedisError as exc:  # the topic has them; the store catches up next batch
+            if latest is None:
+                self.feature_store.flush()
+            else:
+                self.feature_store.write_latest(latest)
+        except redis.RedisError as exc:
             log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
 
     def _event(self, raw: bytes | None) -> Event:

@@ -37,18 +37,6 @@ class WindowSpec:
     step: float
     lateness: float
 
-    def interval(self, t: float) -> tuple[float, float, bool]:
-        """(low, high, high_inclusive) of the window that answers for event time t.
-
-        sliding: (t - size, t]; tumbling: the window holding t; hopping: the window that
-        ends at the first step boundary after t, i.e. [end - size, end).
-        """
-        if self.kind == "sliding":
-            return t - self.size, t, True
-        step = self.size if self.kind == "tumbling" else self.step
-        end = (t // step + 1) * step
-        return end - self.size, end, False
-
 
 @dataclass(frozen=True, slots=True)
 class AggregationSpec:
