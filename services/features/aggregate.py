@@ -108,12 +108,15 @@ def compile_ops(ops: Sequence[str]) -> Callable[[list[Any]], Sequence[Any]]:
     summed = tuple(i for i, op in enumerate(ops) if op in ("sum", "mean"))
     numeric = set(ops) <= set(_NUMERIC)
     pick = [_NUMERIC.index(op) for op in ops] if numeric else []
+    every = ops == _NUMERIC  # `stats` itself is the answer
     wants_std = "std" in ops
 
     def run(values: list[Any]) -> Sequence[Any]:
         if len(values) == 1:
             v = values[0]
             if type(v) is float and v - v == 0.0:  # finite: no inf - inf in std
+                if every:
+                    return (1, v + 0.0, v + 0.0, v, v, 0.0)
                 out = single.copy()
                 for i in as_is:
                     out[i] = v
@@ -136,7 +139,7 @@ def compile_ops(ops: Sequence[str]) -> Callable[[list[Any]], Sequence[Any]]:
                 except OverflowError:
                     return aggregate_all(ops, values)
                 stats = (len(values), total, mean, min(nums), max(nums), std)
-                return [stats[i] for i in pick]
+                return stats if every else [stats[i] for i in pick]
         return aggregate_all(ops, values)
 
     return run

@@ -10,14 +10,12 @@ are dropped, so memory stays bounded however many entities pass.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from services.features.aggregate import compile_ops
-from shared.messages import Event
+from services.features.step import Plan, Step, compile_step
 from shared.spec.features import FeatureSpec
 
 
@@ -74,36 +72,20 @@ class Computed(NamedTuple):
     late_windows: tuple[str, ...]
 
 
-class _Plan(NamedTuple):
-    """One aggregation over one window, compiled once."""
-
-    window: int  # index into the spec's windows
-    column: int  # index into the engine's fields
-    names: tuple[str, ...]  # output names, one per op
-    run: Callable[[list[Any]], Sequence[Any]]
-
-
 class FeatureEngine:
+    """Window state per partition, and the step that folds one event in and answers it
+    (generated for the spec: see step.py)."""
+
+    process: Step  # (partition, event) -> Computed
+
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
         self.fields = sorted({a.field for a in spec.aggregations})
         self.partitions: dict[int, PartitionState] = {}
-        # per window: name, lateness, horizon (size + lateness), sliding?, size, step
-        self._compiled = [
-            (
-                w.name,
-                w.lateness,
-                w.size + w.lateness,
-                w.kind == "sliding",
-                w.size,
-                w.size if w.kind == "tumbling" else w.step,
-            )
-            for w in spec.windows
-        ]
         index = {w.name: i for i, w in enumerate(spec.windows)}
         column = {f: i for i, f in enumerate(self.fields)}
-        self._plan = [
-            _Plan(
+        self.plans = [
+            Plan(
                 index[name],
                 column[agg.field],
                 tuple(f"{agg.field}_{op}_{name}" for op in agg.ops),
@@ -112,61 +94,7 @@ class FeatureEngine:
             for agg in spec.aggregations
             for name in agg.windows
         ]
-
-    def process(self, partition: int, event: Event) -> Computed:
-        state = self.partitions.get(partition)
-        if state is None:
-            state = self.partitions[partition] = PartitionState()
-        t = event.ts
-        entities = state.entities
-        entity = entities.get(event.entity)
-        if entity is None:
-            entity = entities[event.entity] = EntityState(len(self._compiled), len(self.fields))
-        else:
-            entities.move_to_end(event.entity)  # most recently seen last
-        previous_stream_time = state.stream_time
-        now = state.stream_time = t if t > previous_stream_time else previous_stream_time
-        data = event.data
-        row = [data.get(f) for f in self.fields]
-        late: tuple[str, ...] = ()
-        bounds = []
-        # Written out rather than split into calls: this loop runs per event and window.
-        for (name, lateness, horizon, sliding, size, step), folded in zip(  # noqa: B905
-            self._compiled, entity.windows
-        ):
-            times = folded.times
-            if t < previous_stream_time - lateness:
-                late += (name,)
-                state.late += 1
-            else:
-                at = bisect_right(times, t)  # after equal times: arrival order
-                times.insert(at, t)
-                for column, value in zip(folded.columns, row):  # noqa: B905
-                    column.insert(at, value)
-            cut = bisect_left(times, now - horizon)
-            if cut:
-                folded.evict(cut)
-            if sliding:  # (t - size, t]
-                bounds.append((bisect_right(times, t - size), bisect_right(times, t)))
-            else:  # tumbling: the window holding t; hopping: the one ending at the first
-                # step boundary after t. Either way [high - size, high)
-                high = (t // step + 1) * step
-                bounds.append((bisect_left(times, high - size), bisect_left(times, high)))
-        out: dict[str, Any] = {f: data.get(f) for f in self.spec.passthrough}
-        last_ts = entity.last_ts
-        if self.spec.time_since_last:
-            out["time_since_last_s"] = None if last_ts is None else t - last_ts
-        windows = entity.windows
-        for w, col, names, run in self._plan:
-            start, end = bounds[w]
-            values = windows[w].columns[col][start:end]
-            if None in values:
-                values = [v for v in values if v is not None]
-            out.update(zip(names, run(values)))  # noqa: B905
-        entity.last_ts = t if last_ts is None or t > last_ts else last_ts
-        entity.last_seen = now
-        self._expire(state)
-        return Computed(out, late)
+        self.process, self.source = compile_step(self)
 
     def _expire(self, state: PartitionState) -> None:
         """Least recently seen first: stop at the first entity still within its TTL."""

@@ -114,6 +114,11 @@ def test_sigkill_and_restart_re_emits_identical_features(settings, tmp_path):
     proc = start_service("features", spec_file, env)
     try:
         deadline = time.monotonic() + 120
+        # A killed run may have checkpointed the whole stream already: wait for this one to
+        # be up (its signal handlers installed) before stopping it.
+        while "features service running" not in proc.log_tail(1000):
+            assert proc.alive() and time.monotonic() < deadline, proc.log_tail()
+            time.sleep(0.05)
         while checkpointed() < n:
             assert time.monotonic() < deadline, proc.log_tail()
             time.sleep(0.1)

@@ -75,9 +75,10 @@ def brute_force(spec, events):
         stream_prev = max((b.ts for b in before), default=-math.inf)
         stream_now = max(stream_prev, e.ts)
         mine = [(j, b) for j, b in enumerate(events[: i + 1]) if b.entity == e.entity]
-        features = {"x": e.data.get("x")}
+        features = {f: e.data.get(f) for f in spec.passthrough}
         previous = [b.ts for _, b in mine[:-1]]
-        features["time_since_last_s"] = e.ts - max(previous) if previous else None
+        if spec.time_since_last:
+            features["time_since_last_s"] = e.ts - max(previous) if previous else None
         for w in spec.windows:
 
             def folded(j, b, w=w):
@@ -116,24 +117,71 @@ events_strategy = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(events_strategy)
-def test_features_equal_brute_force(raw):
-    s = spec()
-    events = [
+def as_events(raw):
+    return [
         Event(f"e{i}", entity, ts, {k: v for k, v in (("x", x), ("s", s_)) if v is not None})
         for i, (entity, ts, x, s_) in enumerate(raw)
     ]
+
+
+def assert_features_equal_brute_force(s, events):
     engine = FeatureEngine(s)
     got = [engine.process(0, e).features for e in events]
     want = brute_force(s, events)
     for g, w in zip(got, want, strict=True):
         assert g.keys() == w.keys()
+        assert list(g) == s.names()  # in the order the spec documents
         for key, value in w.items():
-            if key.startswith("x_std") and value is not None:
+            if "_std_" in key and value is not None:
                 assert g[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
             else:
                 assert g[key] == value, key
+
+
+@settings(max_examples=300, deadline=None)
+@given(events_strategy)
+def test_features_equal_brute_force(raw):
+    assert_features_equal_brute_force(spec(), as_events(raw))
+
+
+@st.composite
+def sections(draw):
+    """Any mix of windows, aggregations, passthrough and time_since_last: the engine's
+    step is generated per spec, so each shape is its own code."""
+    windows = []
+    for i in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["sliding", "tumbling", "hopping"]))
+        size = draw(st.sampled_from([2, 5, 8, 10]))
+        window = {"kind": kind, "size": size, "name": f"w{i}"}
+        if kind == "hopping":
+            window["step"] = draw(st.sampled_from([d for d in (1, 2, 4, 5) if d <= size]))
+        if draw(st.booleans()):
+            window["lateness"] = draw(st.sampled_from([0, 1, 3, 5]))
+        windows.append(window)
+    names = [w["name"] for w in windows]
+    aggregations = [
+        {
+            "field": field,
+            "ops": draw(st.lists(st.sampled_from(OPS_ALL), min_size=1, max_size=8, unique=True)),
+            "windows": draw(st.lists(st.sampled_from(names), min_size=1, unique=True)),
+        }
+        for field in draw(st.lists(st.sampled_from(["x", "s"]), max_size=2, unique=True))
+    ]
+    return {
+        "windows": windows,
+        "aggregations": aggregations,
+        "passthrough": draw(st.lists(st.sampled_from(["x", "s"]), unique=True)),
+        "time_since_last": draw(st.booleans()),
+        "entity_ttl": "1000d",
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(sections(), events_strategy)
+def test_features_equal_brute_force_for_any_spec(section, raw):
+    s, problems = parse_features(section)
+    assert not problems, problems
+    assert_features_equal_brute_force(s, as_events(raw))
 
 
 def test_late_events_are_counted_and_still_answered():
@@ -236,6 +284,11 @@ def test_huge_values_give_null_not_an_error():
 @example(["sum", "mean", "std"], [-0.0])  # fsum turns -0.0 into 0.0
 @example(["std"], [math.inf])
 @example(["sum", "mean", "min", "max", "std"], [1e308, 1e308])  # overflow: None, not an error
+# the six numeric ops in their canonical order take a shortcut of their own
+@example(["count", "sum", "mean", "min", "max", "std"], [-0.0])
+@example(["count", "sum", "mean", "min", "max", "std"], [2.5, "a", 1])
+@example(["count", "sum", "mean", "min", "max", "std"], [math.inf])
+@example(["count", "sum", "mean", "min", "max", "std"], [])
 def test_compiled_ops_equal_aggregate_all_bit_for_bit(ops, values):
     from services.features.aggregate import aggregate_all, compile_ops
 
