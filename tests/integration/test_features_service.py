@@ -117,7 +117,8 @@ def test_sigkill_and_restart_re_emits_identical_features(settings, tmp_path):
         # A killed run may have checkpointed the whole stream already: wait for this one to
         # be up (its signal handlers installed) before stopping it.
         while "features service running" not in proc.log_tail(1000):
-            assert proc.alive() and time.monotonic() < deadline, proc.log_tail()
+            assert proc.alive(), proc.log_tail()
+            assert time.monotonic() < deadline, proc.log_tail()
             time.sleep(0.05)
         while checkpointed() < n:
             assert time.monotonic() < deadline, proc.log_tail()
@@ -183,17 +184,23 @@ def test_learner_drops_features_re_emitted_after_a_restart(settings):
 
 def test_a_record_the_engine_fails_on_is_dead_lettered_as_feature_error(settings, monkeypatch):
     """Fault injection: the engine raises on one record; it goes to the DLQ, the rest flow."""
+    import services.features.engine as engine_module
     from shared.codec import encode
     from shared.messages import Event
 
-    real = FeatureEngine.process
+    real = engine_module.compile_step
 
-    def flaky(self, partition, event):
-        if event.event_id == "boom":
-            raise ZeroDivisionError("injected")
-        return real(self, partition, event)
+    def flaky_step(engine):
+        step, source = real(engine)
 
-    monkeypatch.setattr(FeatureEngine, "process", flaky)
+        def flaky(partition, event):
+            if event.event_id == "boom":
+                raise ZeroDivisionError("injected")
+            return step(partition, event)
+
+        return flaky, source
+
+    monkeypatch.setattr(engine_module, "compile_step", flaky_step)
     service = ThreadedService(run_features, settings, parse_spec(SPEC)).start()
     try:
         producer = SafeProducer(settings.kafka_bootstrap)
