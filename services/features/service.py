@@ -126,31 +126,34 @@ class FeaturesService:
 
     def handle_batch(self, batch: list[Message]) -> None:
         latest: dict[str, bytes] = {}  # per entity, its last record: the store's value
+        # names bound once per batch: this loop runs per record
+        owned_get, process, produce = self.owned.get, self.engine.process, self.producer.produce
+        out_topic, max_bytes = self.settings.topics.features, self.settings.max_message_bytes
+        emitted = 0
         for msg in batch:
             topic, partition, offset = position(msg)
-            owned = self.owned.get(partition)
+            owned = owned_get(partition)
             if owned is None:  # revoked meanwhile
                 continue
             lineage = Lineage(topic, partition, offset)
             try:
-                event = self._event(msg.value())
-                computed = self.engine.process(partition, event)
+                raw = msg.value()
+                event = fast_valid_event(raw, max_bytes) or self._event(raw)
+                computed = process(partition, event)
             except (CodecError, MessageError) as exc:
                 self.dead_letter(lineage, msg, exc.reason, str(exc))
             except Exception as exc:  # never a crash loop on one record
                 log.exception("features failed on a record", extra={"fields": {"offset": offset}})
                 self.dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
             else:
-                value = encode(
-                    FeatureRecord(event, computed.features, computed.late_windows, lineage)
-                )
-                self.producer.produce(
-                    self.settings.topics.features, value, event.entity.encode(), partition=partition
-                )
-                latest[event.entity] = value
-                self.emitted += 1
+                value = encode(FeatureRecord(event, computed[0], computed[1], lineage))
+                entity = event.entity
+                produce(out_topic, value, entity.encode(), partition=partition)
+                latest[entity] = value
+                emitted += 1
             owned.next_offset = offset + 1
             owned.since_checkpoint += 1
+        self.emitted += emitted
         self._update_feature_store(latest)
 
     def _update_feature_store(self, latest: dict[str, bytes] | None = None) -> None:
@@ -166,12 +169,8 @@ class FeaturesService:
             log.warning("feature store not updated", extra={"fields": {"error": str(exc)}})
 
     def _event(self, raw: bytes | None) -> Event:
-        """The msgspec fast path for the commonest record, else the full route (which
-        names the defect)."""
-        event = fast_valid_event(raw, self.settings.max_message_bytes)
-        if event is None:
-            event = Event.from_wire(decode(raw, self.settings.max_message_bytes))
-        return event
+        """The full route, for what the msgspec fast path declined: it names the defect."""
+        return Event.from_wire(decode(raw, self.settings.max_message_bytes))
 
     def publish_status(self, force: bool) -> None:
         """Progress for operators: per instance, what it owns and how its windows fare."""
