@@ -22,6 +22,7 @@ from services.features.app import build_features
 from services.features.engine import FeatureEngine
 from shared.codec import decode, encode
 from shared.kafka import SafeProducer, ensure_topics
+from shared.kafka.consumer import CONSUMER_TUNING
 from shared.messages import Event
 from shared.settings import Settings, TopicNames
 from shared.spec import parse_spec
@@ -130,7 +131,16 @@ def bytewax_rate(stack: LocalStack, n: int, out_topic: str) -> float | None:
 
     flow = Dataflow("bench_features")
     source = op.input(
-        "in", flow, KafkaSource([stack.bootstrap], [TopicNames().events_valid], tail=False)
+        "in",
+        flow,
+        KafkaSource(
+            [stack.bootstrap],
+            [TopicNames().events_valid],
+            tail=False,
+            # the consumer tuning Headwater's own services get, so neither side waits out
+            # a librdkafka default the other does not
+            add_config={k: str(v) for k, v in CONSUMER_TUNING.items()},
+        ),
     )
     keyed = op.map("parse", source, parse)
     computed = op.stateful_map("features", keyed, features)

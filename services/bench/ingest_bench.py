@@ -20,6 +20,7 @@ from services.bench.timing import timed_rate
 from services.ingest.app import build_ingest
 from shared.codec import encode
 from shared.kafka import SafeProducer
+from shared.kafka.consumer import CONSUMER_TUNING
 from shared.settings import Settings, TopicNames
 from shared.spec import parse_spec
 from shared.stack import LocalStack
@@ -82,7 +83,7 @@ def bench_records(n: int, seed: int = 7) -> tuple[list[tuple[bytes, bytes]], int
 def raw_rate(bootstrap: str, topic: str, n: int) -> float:
     """consume + MessagePack decode of every record, timed from the first record to the last."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench-raw", "fetch.wait.max.ms": 10}
+        {"bootstrap.servers": bootstrap, "group.id": "bench-raw", **CONSUMER_TUNING}
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
     seen = 0
