@@ -31,12 +31,6 @@ class Folded:
         self.times: list[float] = []
         self.columns: list[list[Any]] = [[] for _ in range(fields)]
 
-    def evict(self, cut: int) -> None:
-        """Drop the first `cut` events (those before the window's horizon)."""
-        del self.times[:cut]
-        for column in self.columns:
-            del column[:cut]
-
     def __getstate__(self) -> tuple[list[float], list[list[Any]]]:
         return self.times, self.columns
 

@@ -81,26 +81,16 @@ class SafeProducer:
         # The hot paths pass what they can positionally: a keyword, even headers=None,
         # cost the client ~0.2 µs a record to parse.
         if timestamp_ms is None and headers is None:
+            args = (topic, value, key) if partition is None else (topic, value, key, partition)
             try:
-                if partition is None:
-                    self._producer.produce(topic, value, key)
-                else:
-                    self._producer.produce(topic, value, key, partition)
+                self._producer.produce(*args)
             except BufferError:
-                if partition is None:
-                    self._produce_when_room(topic, value, key)
-                else:
-                    self._produce_when_room(topic, value, key, partition=partition)
-        elif partition is None and timestamp_ms is None:
+                self._produce_when_room(*args)
+        elif partition is None and timestamp_ms is None:  # ingest: the lineage header
             try:
                 self._producer.produce(topic, value, key, headers=headers)
             except BufferError:
                 self._produce_when_room(topic, value, key, headers=headers)
-        elif timestamp_ms is None and partition is not None:
-            try:
-                self._producer.produce(topic, value, key, partition=partition, headers=headers)
-            except BufferError:
-                self._produce_when_room(topic, value, key, partition=partition, headers=headers)
         else:
             kwargs: dict[str, Any] = {"headers": headers}
             if partition is not None:
@@ -112,12 +102,10 @@ class SafeProducer:
         if not self._produced % POLL_EVERY:
             self._producer.poll(0)  # serve failure reports without a call per record
 
-    def _produce_when_room(
-        self, topic: str, value: bytes, key: bytes | None, **kwargs: Any
-    ) -> None:
+    def _produce_when_room(self, *args: Any, **kwargs: Any) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, **kwargs)
+                self._producer.produce(*args, **kwargs)
                 return
             except BufferError:
                 self._producer.poll(0.05)  # queue full: serve callbacks, then retry
