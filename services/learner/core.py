@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,18 @@ class Pending:
     x: dict[str, Any]
     predictions: list[Prediction]
     seq: int
+
+
+MetricUpdate = tuple[Callable[[Any, Any], Any], bool]  # (metric.update, wants the proba map)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One model's per-record calls, bound once (see `LearnerCore.plan`)."""
+
+    predict: Callable[[Mapping[str, Any]], tuple[Any, Any]]
+    learn: Callable[[Mapping[str, Any], Any], None]
+    metrics: tuple[MetricUpdate, ...]
 
 
 @dataclass
@@ -52,6 +64,38 @@ class LearnerCore:
     early: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
     # Outcomes of the last call, for the caller to publish (drained, so never checkpointed).
     outbox: list[Outcome] = field(default_factory=list)
+    # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
+    _plan: dict[str, Step] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_plan"] = None
+        return state
+
+    @property
+    def plan(self) -> dict[str, Step]:
+        """Per model: predict, learn and metric updates bound once, not looked up per record
+        (a Rolling metric's attribute lookups alone cost a microsecond a record)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = {
+                name: Step(
+                    model.predict,
+                    model.learn,
+                    tuple((m.update, wants_proba(m)) for m in self.metrics[name]),
+                )
+                for name, model in self.models.items()
+            }
+        return plan
+
+    def replace_model(
+        self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
+    ) -> None:
+        """Rollback: one model and its metrics continue from an older state."""
+        self.models[name] = model
+        self.metrics[name] = metrics
+        self.learned[name] = learned
+        self._plan = None
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec) -> LearnerCore:
@@ -72,36 +116,30 @@ class LearnerCore:
 
     def process(self, event: Event, lineage: Lineage) -> list[Prediction]:
         """Predict with every model, then learn from the inline label if there is one."""
-        if event.label is not None:
-            check_label(event.label, self.task)
+        label = event.label
+        if label is not None:
+            check_label(label, self.task)
         x = features(event.data)
-        out = []
-        for name, model in self.models.items():
-            pred, proba = model.predict(x)
-            out.append(
-                Prediction(
-                    event_id=event.event_id,
-                    entity=event.entity,
-                    ts=event.ts,
-                    pipeline=self.pipeline,
-                    model=name,
-                    model_version=self.model_version,
-                    task=self.task,
-                    prediction=pred,
-                    proba=proba,
-                    lineage=lineage,
-                )
+        event_id, entity, ts = event.event_id, event.entity, event.ts
+        pipeline, version, task = self.pipeline, self.model_version, self.task
+        out = [
+            # positional: the field order of prediction/v1
+            Prediction(
+                event_id, entity, ts, pipeline, name, version, task, *step.predict(x), lineage
             )
+            for name, step in (self._plan or self.plan).items()
+        ]
         self.events_seen += 1
-        early = self.early.pop(event.event_id, None)
-        if event.label is not None:
-            self._learn(x, event.label, out, "inline", 0, lineage)
+        early = self.early.pop(event_id, None) if self.early else None
+        if label is not None:
+            self._learn(x, label, out, "inline", 0, lineage)
         elif early is not None:
             self._learn(x, early[0], out, "topic", 0, lineage)
         else:
-            self.pending.pop(event.event_id, None)
-            self.pending[event.event_id] = Pending(x, out, self.events_seen)
-        self._expire(lineage)
+            self.pending.pop(event_id, None)
+            self.pending[event_id] = Pending(x, out, self.events_seen)
+        if self.pending or self.early:
+            self._expire(lineage)
         return out
 
     def process_label(self, label: Label, lineage: Lineage | None = None) -> str:
@@ -147,14 +185,16 @@ class LearnerCore:
         lineage: Lineage | None,
     ) -> None:
         """Score the predictions made before, learn once on the frozen features."""
+        plan, learned, outbox = self._plan or self.plan, self.learned, self.outbox
         for p in predictions:
             if lineage is not None:
-                self.outbox.append(outcome(p, label, source, lag, lineage))
+                outbox.append(outcome(p, label, source, lag, lineage))
+            step = plan[p.model]
             if p.prediction is not None:  # as River's progressive_val_score: no guess, no score
-                for metric in self.metrics[p.model]:
-                    metric.update(label, metric_input(metric, p))
-            self.models[p.model].learn(x, label)
-            self.learned[p.model] = self.learned.get(p.model, 0) + 1
+                for update, proba in step.metrics:
+                    update(label, dict(p.proba) if proba and p.proba is not None else p.prediction)
+            step.learn(x, label)
+            learned[p.model] = learned.get(p.model, 0) + 1
         self.labels_learned += 1
 
     def metric_values(self) -> dict[str, dict[str, float]]:
@@ -166,20 +206,21 @@ class LearnerCore:
 
 
 def outcome(p: Prediction, label: Any, source: str, lag: int, lineage: Lineage) -> Outcome:
+    # positional: the field order of outcome/v1
     return Outcome(
-        event_id=p.event_id,
-        entity=p.entity,
-        ts=p.ts,
-        pipeline=p.pipeline,
-        model=p.model,
-        model_version=p.model_version,
-        task=p.task,
-        prediction=p.prediction,
-        proba=p.proba,
-        label=label,
-        label_source=source,
-        label_lag_events=lag,
-        lineage=lineage,
+        p.event_id,
+        p.entity,
+        p.ts,
+        p.pipeline,
+        p.model,
+        p.model_version,
+        p.task,
+        p.prediction,
+        p.proba,
+        label,
+        source,
+        lag,
+        lineage,
     )
 
 
@@ -202,8 +243,13 @@ def features(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
+def wants_proba(metric: Any) -> bool:
+    """Probabilistic metrics (e.g. LogLoss) take the probability map, the others labels."""
+    return not getattr(metric, "requires_labels", True)
+
+
 def metric_input(metric: Any, p: Prediction) -> Any:
-    """Labels for label metrics, the probability map for probabilistic ones (e.g. LogLoss)."""
-    if getattr(metric, "requires_labels", True) or p.proba is None:
+    """Labels for label metrics, the probability map for probabilistic ones."""
+    if not wants_proba(metric) or p.proba is None:
         return p.prediction
     return dict(p.proba)

@@ -117,6 +117,8 @@ class LearnerService:
         self.merge = merge
         self.status_interval_s = status_interval_s
         self.max_buffered = 20 * settings.batch_size
+        self._events_topic = settings.topics.events_valid
+        self._max_bytes = settings.max_message_bytes
         self.checkpointer: Checkpointer | None = None
         self.role = "standby"
         self._paused: set[tuple[str, int]] = set()
@@ -126,6 +128,11 @@ class LearnerService:
         self.dead_lettered = 0
         # Per-record counts, added to the Prometheus counters once per release (cheaper).
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._scored = 0  # events scored (one prediction per model each) since the last tally
+        self._inline_labels = 0
+        # Outputs of the current release, produced at its end: (value, key) per record.
+        self._predictions: list[tuple[bytes, bytes | None]] = []
+        self._outcomes: list[tuple[bytes, bytes | None]] = []
 
     @property
     def core(self) -> LearnerCore:
@@ -241,9 +248,9 @@ class LearnerService:
         if model not in self.core.models or model not in old.core.models:
             log.error("rollback refused: unknown model", extra={"fields": {"model": model}})
             return
-        self.core.models[model] = old.core.models[model]
-        self.core.metrics[model] = old.core.metrics[model]
-        self.core.learned[model] = old.core.learned.get(model, 0)
+        self.core.replace_model(
+            model, old.core.models[model], old.core.metrics[model], old.core.learned.get(model, 0)
+        )
         assert self.checkpointer is not None
         try:
             new_version = self.checkpointer.checkpoint(
@@ -318,27 +325,20 @@ class LearnerService:
     def buffer(self, msg: Message) -> None:
         """Decode and validate now; order and apply later."""
         topic, partition, offset = position(msg)
-        lineage = Lineage(topic, partition, offset)
         raw = msg.value()
-        item: Event | Label | Rejected
-        source = None
-        fast = (
-            fast_valid_event(raw, self.settings.max_message_bytes)
-            if topic == self.settings.topics.events_valid
-            else None
-        )
-        if fast is not None:  # the commonest record, decoded and checked in one C pass
-            item = fast
-            order = (item.ts, EVENT_RANK, partition, offset)
-        else:
-            item, order, source = self._decode(topic, partition, offset, raw)
-        self._last_order[(topic, partition)] = order
         key = msg.key()
-        self.merge.push(
-            (topic, partition),
-            order,
-            Buffered(lineage, item, raw, key if isinstance(key, bytes) else None, source),
-        )
+        if type(key) is not bytes:
+            key = None
+        # the commonest record, decoded and checked in one C pass
+        item = fast_valid_event(raw, self._max_bytes) if topic == self._events_topic else None
+        if item is not None:
+            order: OrderKey = (item.ts, EVENT_RANK, partition, offset)
+            buffered = Buffered(Lineage(topic, partition, offset), item, raw, key)
+        else:
+            full, order, source = self._decode(topic, partition, offset, raw)
+            buffered = Buffered(Lineage(topic, partition, offset), full, raw, key, source)
+        self._last_order[(topic, partition)] = order
+        self.merge.push((topic, partition), order, buffered)
 
     def _decode(
         self, topic: str, partition: int, offset: int, raw: bytes | None
@@ -368,16 +368,28 @@ class LearnerService:
         return item, order, source
 
     def release(self) -> None:
-        """Apply what the merge releases; its offsets become part of the next checkpoint."""
+        """Apply what the merge releases; its offsets become part of the next checkpoint.
+
+        Predictions and outcomes are gathered and produced once per release, after the
+        records that made them (a failed record leaves none behind)."""
         started = time.perf_counter()
         offsets = self.state.offsets
         applied = 0
-        for record in self.merge.pop_ready():
-            self.apply(record)
-            offsets[(record.lineage.topic, record.lineage.partition)] = record.lineage.offset + 1
-            applied += 1
-            if applied % 1000 == 0:
-                self._keep_lease()  # a long release must not let the lease lapse
+        self._predictions.clear()
+        self._outcomes.clear()
+        try:
+            for record in self.merge.pop_ready():
+                self.apply(record)
+                lineage = record.lineage
+                offsets[(lineage.topic, lineage.partition)] = lineage.offset + 1
+                applied += 1
+                if applied % 1000 == 0:
+                    self._keep_lease()  # a long release must not let the lease lapse
+        finally:
+            # Even when fenced or failing: outputs are deterministic, duplicates drop by lineage.
+            topics = self.settings.topics
+            self.producer.produce_all(topics.predictions, self._predictions)
+            self.producer.produce_all(topics.outcomes, self._outcomes)
         if applied:
             assert self.checkpointer is not None
             self.checkpointer.records_since += applied
@@ -385,6 +397,14 @@ class LearnerService:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _flush_tally(self) -> None:
+        if self._scored:
+            self._tally[("records", "scored")] += self._scored
+            for model in self.core.models:
+                self._tally[("predictions", model)] += self._scored
+            self._scored = 0
+        if self._inline_labels:
+            self._tally[("labels", "")] += self._inline_labels
+            self._inline_labels = 0
         for (kind, label), n in self._tally.items():
             if kind == "labels":
                 self.metrics.labels.inc(n)
@@ -397,7 +417,9 @@ class LearnerService:
 
     def apply(self, record: Buffered) -> None:
         lineage, item = record.lineage, record.item
-        self.core.outbox.clear()  # what a failed record left behind is not published
+        core = self.state.core
+        if core.outbox:
+            core.outbox.clear()  # what a failed record left behind is not published
         if record.source is not None:
             upstream = (record.source.topic, record.source.partition)
             hwm = self.state.source_hwm
@@ -406,16 +428,22 @@ class LearnerService:
                 return  # re-emitted by a restarted features service: applied already
             hwm[upstream] = record.source.offset
         try:
-            if isinstance(item, Rejected):
+            if type(item) is Event:  # the commonest record first
+                self._score_event(item, lineage)
+            elif isinstance(item, Rejected):
                 self.dead_letter(record, item.reason, item.message)
             elif isinstance(item, Label):
-                joined = self.core.process_label(item, lineage)
+                joined = core.process_label(item, lineage)
                 self._tally[("records", f"label_{joined}")] += 1
                 if joined == "joined":
                     self._tally[("labels", "")] += 1
-            else:
-                self.score(lineage, item)
-            self.publish_outcomes()
+            else:  # an Event subclass: never built here, but handled as one
+                self._score_event(item, lineage)
+            if core.outbox:
+                append = self._outcomes.append
+                for o in core.outbox:
+                    append((encode(o), o.entity.encode()))
+                core.outbox.clear()
         except MessageError as exc:  # a label the task cannot learn from
             self.dead_letter(record, exc.reason, str(exc))
         except (DeliveryError, KafkaException):
@@ -426,27 +454,15 @@ class LearnerService:
             log.exception("model failed on a record", extra={"fields": {"offset": lineage.offset}})
             self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
 
-    def score(self, lineage: Lineage, event: Event) -> None:
-        predictions = self.core.process(event, lineage)
-        topic = self.settings.topics.predictions
+    def _score_event(self, event: Event, lineage: Lineage) -> None:
+        predictions = self.state.core.process(event, lineage)
         key = event.entity.encode()
+        append = self._predictions.append
         for p in predictions:
-            self.producer.produce(topic, encode(p), key)  # a Struct: encoded as its to_wire()
-            self._tally[("predictions", p.model)] += 1
-        self._tally[("records", "scored")] += 1
+            append((encode(p), key))  # a Struct: encoded as its to_wire()
+        self._scored += 1
         if event.label is not None:
-            self._tally[("labels", "")] += 1
-
-    def publish_outcomes(self) -> None:
-        """Each (prediction, true label) pair, for monitors and offline evaluation."""
-        topic = self.settings.topics.outcomes
-        for o in self.core.outbox:
-            self.producer.produce(
-                topic,
-                encode(o),
-                o.entity.encode(),
-            )
-        self.core.outbox.clear()
+            self._inline_labels += 1
 
     def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
         """To the dead-letter topic, keyed as the original was."""

@@ -102,6 +102,21 @@ class SafeProducer:
         if not self._produced % POLL_EVERY:
             self._producer.poll(0)  # serve failure reports without a call per record
 
+    def produce_all(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Queue (value, key) records in order: `produce` for a batch, in one call."""
+        if not records:
+            return
+        if self._error is not None:
+            self._raise_pending()
+        produce = self._producer.produce
+        for value, key in records:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._produce_when_room(topic, value, key)
+        self._produced += len(records)
+        self._producer.poll(0)
+
     def _produce_when_room(self, *args: Any, **kwargs: Any) -> None:
         while True:
             try:
