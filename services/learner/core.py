@@ -8,7 +8,6 @@ the label from the labels topic, and the same happens when it comes.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from river import utils
 
+from services.learner.window_metric import WindowMetric, rolling
 from shared.messages import Event, Label, Lineage, Outcome, Prediction
 from shared.models import ModelAdapter, build_model
 from shared.models.river_factory import build_metric, default_metric
@@ -224,14 +224,8 @@ def outcome(p: Prediction, label: Any, source: str, lag: int, lineage: Lineage) 
     )
 
 
-def rolling(metric: Any, window: int) -> Any:
-    with warnings.catch_warnings():  # River prefers a class, but a clone keeps the parameters
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return utils.Rolling(metric.clone(), window_size=window)
-
-
 def metric_name(metric: Any) -> str:
-    if isinstance(metric, utils.Rolling):
+    if isinstance(metric, utils.Rolling | WindowMetric):
         return f"{type(metric.obj).__name__} (last {metric.window_size})"
     return type(metric).__name__
 

@@ -54,9 +54,14 @@ def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
 def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
     """An event/v1 record as `Event.from_wire(decode(raw))` would read it, by the fast path;
     None when the fast path declines (the caller then takes the full route)."""
-    if raw is None or len(raw) > max_bytes:
+    # `fast_event` with no upper time bound (as the full route), inline: it runs per record
+    if not raw or len(raw) > max_bytes or raw[0] < 0x80:
         return None
-    wire = fast_event(raw, math.inf)  # the full route bounds no time from above
-    if wire is None:
+    try:
+        wire = _DECODER.decode(raw)
+    except Exception:
         return None
-    return Event(wire.event_id, wire.entity, wire.ts, wire.data, wire.label)
+    ts = wire.ts
+    if type(ts) is not float or not 0.0 <= ts < math.inf:
+        return None
+    return Event(wire.event_id, wire.entity, ts, wire.data, wire.label)
