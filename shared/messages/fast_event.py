@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
@@ -29,11 +30,21 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     event_id: Id
     entity: Id
     ts: float | int
-    data: Annotated[dict[Id, Value], Meta(max_length=MAX_DATA_FIELDS)]
+    # Keys are checked by `_bad_keys`, not by an `Id` constraint: msgspec reuses the string
+    # objects of the keys it decodes unless they are constrained, and a constrained key cost
+    # ~0.5 µs a record here plus ~1 µs in every model, whose dict lookups then compare fresh
+    # strings by value instead of by identity.
+    data: Annotated[dict[str, Value], Meta(max_length=MAX_DATA_FIELDS)]
     label: bool | Finite | int | Id | None = None
 
 
 _DECODER = msgspec.msgpack.Decoder(WireEvent)
+
+
+def _bad_keys(data: Mapping[str, object], size: int) -> bool:
+    """A key that `Id` refuses: empty, or longer than MAX_ID_LEN (impossible in a record of
+    no more bytes than that, the commonest case)."""
+    return "" in data or (size > MAX_ID_LEN and bool(data) and max(map(len, data)) > MAX_ID_LEN)
 
 
 def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
@@ -48,6 +59,8 @@ def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
     ts = event.ts
     if type(ts) is not float or not 0.0 <= ts < max_ts:  # ints are rewritten as floats
         return None
+    if _bad_keys(event.data, len(raw)):
+        return None
     return event
 
 
@@ -61,7 +74,9 @@ def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
         wire = _DECODER.decode(raw)
     except Exception:
         return None
-    ts = wire.ts
+    ts, data = wire.ts, wire.data
     if type(ts) is not float or not 0.0 <= ts < math.inf:
         return None
-    return Event(wire.event_id, wire.entity, ts, wire.data, wire.label)
+    if "" in data or (len(raw) > MAX_ID_LEN and _bad_keys(data, len(raw))):
+        return None
+    return Event(wire.event_id, wire.entity, ts, data, wire.label)

@@ -18,7 +18,7 @@ _values = st.one_of(
 )
 # mostly well-formed, so that what the fast path accepts is exercised as much as what it refuses
 _ids = st.one_of(_ok_id, _ok_id, _ok_id, st.just(""), st.just("i" * 257), st.integers(0, 3))
-_keys = st.one_of(_ok_key, _ok_key, _ok_key, st.just(""), st.just("k" * 257))
+_keys = st.one_of(_ok_key, _ok_key, _ok_key, st.just(""), st.just("k" * 256), st.just("k" * 257))
 _times = st.one_of(
     st.floats(0, 2e11),
     st.floats(0, 2e11),
