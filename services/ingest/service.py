@@ -382,14 +382,18 @@ class IngestService:
         # Where the outputs end bounds how much a recovery reads, not what it finds (it keeps
         # only offsets past the checkpoint), so older marks stay correct: they are refreshed
         # every MARKS_MAX_AGE_S rather than paid for (broker round trips) at every checkpoint.
+        # Marks never move past outputs a crashed owner wrote that this one has not yet read
+        # past (`written`): a rebalance restores from this checkpoint and must find them again.
         now = time.monotonic()
-        stale = {
-            self.owned[i].kind for i in inputs if now - self.owned[i].marked_at > MARKS_MAX_AGE_S
-        }
-        ends = {kind: self.output_ends(kind) for kind in stale}
+        refresh = [
+            key
+            for key in inputs
+            if now - self.owned[key].marked_at > MARKS_MAX_AGE_S and not self.owned[key].written
+        ]
+        ends = {kind: self.output_ends(kind) for kind in {self.owned[k].kind for k in refresh}}
         for key in inputs:
             owned = self.owned[key]
-            if owned.kind in ends:
+            if key in refresh:
                 owned.state.marks, owned.marked_at = ends[owned.kind], now
             self._write(owned, TopicPartition(*key))
         self.consumer.store(

@@ -41,10 +41,16 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
 _DECODER = msgspec.msgpack.Decoder(WireEvent)
 
 
+# A record holds at least 39 bytes besides one data key (field names, ids, time, value), so
+# a key over MAX_ID_LEN characters needs a record longer than this: shorter ones skip the scan.
+_LONG_KEY_POSSIBLE = MAX_ID_LEN + 32
+
+
 def _bad_keys(data: Mapping[str, object], size: int) -> bool:
-    """A key that `Id` refuses: empty, or longer than MAX_ID_LEN (impossible in a record of
-    no more bytes than that, the commonest case)."""
-    return "" in data or (size > MAX_ID_LEN and bool(data) and max(map(len, data)) > MAX_ID_LEN)
+    """A key that `Id` refuses: empty, or longer than MAX_ID_LEN."""
+    return "" in data or (
+        size > _LONG_KEY_POSSIBLE and bool(data) and max(map(len, data)) > MAX_ID_LEN
+    )
 
 
 def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
@@ -77,6 +83,6 @@ def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
     ts, data = wire.ts, wire.data
     if type(ts) is not float or not 0.0 <= ts < math.inf:
         return None
-    if "" in data or (len(raw) > MAX_ID_LEN and _bad_keys(data, len(raw))):
+    if "" in data or (len(raw) > _LONG_KEY_POSSIBLE and _bad_keys(data, len(raw))):
         return None
     return Event(wire.event_id, wire.entity, ts, data, wire.label)

@@ -223,3 +223,63 @@ def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_pa
         n,
         n // 50,
     )
+
+
+def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
+    ingest_settings,
+):
+    """A restarted ingest skips what the crashed owner wrote after its last checkpoint; a
+    rebalance before it has read past those records (the dead member's session expiring)
+    checkpoints and restores again, and must still skip them."""
+    from confluent_kafka import Message, TopicPartition
+
+    from services.ingest.app import build_ingest
+
+    settings, topics = ingest_settings, ingest_settings.topics
+    spec = parse_spec(SPEC)
+    values = [
+        encode({"event_id": f"e{i}", "entity": "u", "ts": T + i, "data": {"x": i}})
+        for i in range(100)
+    ]
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for value in values:
+        producer.produce(topics.events, value)
+    producer.close()
+    msgs = [
+        Message(topic=topics.events, partition=0, offset=i, value=v, key=None)
+        for i, v in enumerate(values)
+    ]
+    tp, key = TopicPartition(topics.events, 0), (topics.events, 0)
+
+    crashed = build_ingest(settings, spec)
+    crashed.on_assign([tp])
+    crashed.handle_batch(msgs[:50])
+    crashed.checkpoint([key])
+    crashed.handle_batch(msgs[50:])
+    crashed.producer.flush()  # written, never checkpointed: then SIGKILL
+
+    ingest = build_ingest(settings, spec)
+    try:
+        ingest.on_assign([tp])
+        assert ingest.owned[key].written == set(range(50, 100))
+        ingest.handle_batch(msgs[50:60])
+        ingest.on_revoke([tp])  # a rebalance: checkpoint, then the same partition again
+        ingest.on_assign([tp])
+        assert ingest.owned[key].written == set(range(60, 100))
+        ingest.handle_batch(msgs[60:])
+        ingest.checkpoint([key])
+    finally:
+        for service in (crashed, ingest):
+            service.producer.close()
+            service.closing = True  # no checkpoint on the way out (the crashed one is fenced)
+            # never polled, so never in the group: no final commit to wait for
+            service.consumer._consumer.close()
+    valid = read_until(
+        settings.kafka_bootstrap,
+        topics.events_valid,
+        lambda out: len(out) >= 100,
+        "100",
+        30,
+        settle=2.0,
+    )
+    assert sorted(v["event_id"] for v in valid) == sorted(f"e{i}" for i in range(100))

@@ -126,3 +126,18 @@ def test_events_and_feature_records_encode_as_their_wire_form(label):
     )
     assert encode(record) == encode(record.to_wire())
     assert FeatureRecord.from_wire(decode(encode(record))) == record
+
+
+@pytest.mark.parametrize("single_float", [False, True])
+def test_the_fast_paths_refuse_a_long_key_in_the_smallest_record_that_can_hold_one(single_float):
+    """The fast paths scan key lengths only in records long enough to hold a long key."""
+    from shared.messages.fields import MAX_ID_LEN
+
+    obj = {"event_id": "e", "entity": "u", "ts": 0.5, "data": {"k" * (MAX_ID_LEN + 1): None}}
+    raw = msgpack.packb(obj, use_single_float=single_float)
+    assert fast_event(raw, math.inf) is None
+    assert fast_valid_event(raw, len(raw)) is None
+    obj["data"] = {"k" * MAX_ID_LEN: None}
+    raw = msgpack.packb(obj, use_single_float=single_float)
+    assert fast_event(raw, math.inf) is not None
+    assert fast_valid_event(raw, len(raw)) is not None

@@ -15,7 +15,9 @@ def river_rolling(metric, window):
 
 
 @pytest.mark.parametrize("window", [1, 7, 100])
-def test_classification_window_equals_rivers_rolling_exactly(window):
+def test_classification_window_equals_rivers_rolling(window):
+    """Accuracy exactly; MacroF1 up to the order in which its per-class scores are summed
+    (the classes' order depends on the string hash seed)."""
     rng = random.Random(window)
     ours = WindowMetric(metrics.Accuracy(), window)
     f1 = WindowMetric(metrics.MacroF1(), window)
@@ -29,9 +31,9 @@ def test_classification_window_equals_rivers_rolling_exactly(window):
             m.update(y, p)
         if i % 37 == 0:
             assert ours.get() == theirs.get()
-            assert f1.get() == their_f1.get()
+            assert f1.get() == pytest.approx(their_f1.get(), rel=1e-12)
     assert ours.get() == theirs.get()
-    assert f1.get() == their_f1.get()
+    assert f1.get() == pytest.approx(their_f1.get(), rel=1e-12)
 
 
 def test_float_window_is_the_metric_of_the_last_pairs():
