@@ -127,7 +127,7 @@ class LearnerCore:
             Prediction(
                 event_id, entity, ts, pipeline, name, version, task, *step.predict(x), lineage
             )
-            for name, step in (self._plan or self.plan).items()
+            for name, step in self.plan.items()
         ]
         self.events_seen += 1
         early = self.early.pop(event_id, None) if self.early else None
@@ -185,7 +185,7 @@ class LearnerCore:
         lineage: Lineage | None,
     ) -> None:
         """Score the predictions made before, learn once on the frozen features."""
-        plan, learned, outbox = self._plan or self.plan, self.learned, self.outbox
+        plan, learned, outbox = self.plan, self.learned, self.outbox
         for p in predictions:
             if lineage is not None:
                 outbox.append(outcome(p, label, source, lag, lineage))

@@ -428,17 +428,15 @@ class LearnerService:
                 return  # re-emitted by a restarted features service: applied already
             hwm[upstream] = record.source.offset
         try:
-            if type(item) is Event:  # the commonest record first
+            if isinstance(item, Event):  # the commonest record first
                 self._score_event(item, lineage)
             elif isinstance(item, Rejected):
                 self.dead_letter(record, item.reason, item.message)
-            elif isinstance(item, Label):
+            else:
                 joined = core.process_label(item, lineage)
                 self._tally[("records", f"label_{joined}")] += 1
                 if joined == "joined":
                     self._tally[("labels", "")] += 1
-            else:  # an Event subclass: never built here, but handled as one
-                self._score_event(item, lineage)
             if core.outbox:
                 append = self._outcomes.append
                 for o in core.outbox:

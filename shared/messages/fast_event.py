@@ -73,16 +73,9 @@ def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
 def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
     """An event/v1 record as `Event.from_wire(decode(raw))` would read it, by the fast path;
     None when the fast path declines (the caller then takes the full route)."""
-    # `fast_event` with no upper time bound (as the full route), inline: it runs per record
-    if not raw or len(raw) > max_bytes or raw[0] < 0x80:
+    if raw is None or len(raw) > max_bytes:
         return None
-    try:
-        wire = _DECODER.decode(raw)
-    except Exception:
+    wire = fast_event(raw, math.inf)  # the full route bounds no time from above
+    if wire is None:
         return None
-    ts, data = wire.ts, wire.data
-    if type(ts) is not float or not 0.0 <= ts < math.inf:
-        return None
-    if "" in data or (len(raw) > _LONG_KEY_POSSIBLE and _bad_keys(data, len(raw))):
-        return None
-    return Event(wire.event_id, wire.entity, ts, data, wire.label)
+    return Event(wire.event_id, wire.entity, wire.ts, wire.data, wire.label)

@@ -90,7 +90,7 @@ def test_what_the_learners_fast_path_accepts_the_full_route_reads_alike(obj):
     raw = msgpack.packb(obj, use_bin_type=True)
     fast = fast_event(raw, math.inf)
     got = fast_valid_event(raw, len(raw))
-    assert (got is None) == (fast is None)  # the learner's inline copy decides alike
+    assert (got is None) == (fast is None)  # the learner's route decides alike
     try:
         event = Event.from_wire(decode(raw))
     except (CodecError, MessageError):
