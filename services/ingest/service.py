@@ -32,6 +32,7 @@ from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, St
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.consumer import CONSUMER_TUNING
+from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics
 from shared.settings import Settings
@@ -315,18 +316,18 @@ class IngestService:
         try:
             obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
             record, changed = owned.normalise(obj, self.policy)
+            # an unchanged MessagePack record travels as it came
+            value = raw if not changed and raw and raw[0] >= 0x80 else encode(record.to_wire())
         except (CodecError, MessageError) as exc:
-            counts["dead_lettered"] += 1
-            counts["dlq:" + exc.reason] += 1
-            if not again:
-                self.dead_letter(topic, partition, offset, msg, exc.reason, str(exc))
-            state.next_offset = offset + 1
-            owned.since_checkpoint += 1
+            self._reject(msg, owned, again, exc.reason, str(exc))
+            return
+        except Exception as exc:
+            # A defect of ours, not of the record: dead-lettered with the error, so that one
+            # record cannot crash ingest again after every restart.
+            log.exception("ingest failed on a record", extra={"fields": {"offset": offset}})
+            self._reject(msg, owned, again, "ingest_error", f"{type(exc).__name__}: {exc}")
             return
         event_id, entity, ts = record.event_id, record.entity, record.ts
-        # an unchanged MessagePack record travels as it came
-        assert raw is not None
-        value = raw if not changed and raw[0] >= 0x80 else encode(record.to_wire())
         if state.recent.seen(event_id, ts):
             counts["deduplicated"] += 1
         else:
@@ -338,6 +339,17 @@ class IngestService:
                     entity.encode(),
                     [(LINEAGE_HEADER, owned.lineage_format % offset)],
                 )
+        state.next_offset = offset + 1
+        owned.since_checkpoint += 1
+
+    def _reject(self, msg: Message, owned: Owned, again: bool, reason: str, message: str) -> None:
+        """Count and dead-letter a record (unless a previous owner did before it crashed)."""
+        topic, partition, offset = position(msg)
+        state = owned.state
+        state.counts["dead_lettered"] += 1
+        state.counts["dlq:" + reason] += 1
+        if not again:
+            self.dead_letter(topic, partition, offset, msg, reason, message)
         state.next_offset = offset + 1
         owned.since_checkpoint += 1
 

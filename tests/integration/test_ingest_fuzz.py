@@ -71,16 +71,24 @@ def _hostile(seed: int, n: int) -> Iterator[bytes]:
         elif kind == 5:
             del event[rng.choice(["event_id", "entity", "ts", "data"])]
             yield encode(event)
-        elif kind == 6:
-            yield b"\x81" + msgpack.packb(rng.randrange(100)) + msgpack.packb("v")  # int key
+        elif kind == 6:  # a map key that is not a string: at the top, or inside data
+            if rng.random() < 0.5:
+                yield b"\x81" + msgpack.packb(rng.randrange(100)) + msgpack.packb("v")
+            else:
+                event["data"][rng.choice([7, 1.5, None, True, b"k", (1, 2)])] = 1.0
+                yield msgpack.packb(event, use_bin_type=True)
         elif kind == 7:
             event["data"]["x"] = rng.choice([math.nan, math.inf, -math.inf])
             if rng.random() < 0.3:
                 event["ts"] = math.nan
             yield encode(event) if rng.random() < 0.5 else json.dumps(event).encode()
-        elif kind == 8:
-            event["data"]["big"] = rng.choice([2**64, -(2**63) - 1, 10**30])
-            yield json.dumps(event).encode()
+        elif kind == 8:  # integers past 64 bits (JSON) or at MessagePack's limits
+            if rng.random() < 0.5:
+                event["data"]["big"] = rng.choice([2**64, -(2**63) - 1, 10**30])
+                yield json.dumps(event).encode()
+            else:
+                event["data"]["big"] = rng.choice([2**63, 2**64 - 1, -(2**63)])
+                yield msgpack.packb(event, use_bin_type=True)
         elif kind == 9:
             event["data"]["unknown"] = {"nested": 1}
             event["surprise"] = 1

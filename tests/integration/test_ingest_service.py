@@ -111,6 +111,53 @@ def test_valid_records_pass_normalised_and_bad_ones_are_dead_lettered(ingest_set
     assert counts[b"dlq:unknown_field"] == b"1"
 
 
+def test_a_record_ingest_fails_on_is_dead_lettered_and_counted_in_prometheus(
+    ingest_settings, monkeypatch
+):
+    """A defect of ours on one record (here a normaliser that raises) costs that record a
+    dead letter, not a crash that would hit the same record after every restart."""
+    import urllib.request
+
+    import services.ingest.service as ingest_module
+    from shared.stack.processes import free_port
+
+    real = ingest_module.normalise_event
+
+    def failing(obj, policy):
+        if obj.get("event_id") == "boom":
+            raise RuntimeError("normaliser defect")
+        return real(obj, policy)
+
+    monkeypatch.setattr(ingest_module, "normalise_event", failing)
+    port = free_port()
+    settings = ingest_settings.model_copy(update={"metrics_port": port})
+    topics = settings.topics
+    service = ThreadedService(run_ingest, settings, parse_spec(SPEC)).start()
+    try:
+        producer = SafeProducer(settings.kafka_bootstrap)
+        for event_id in ("a", "boom", "c"):  # JSON: the full route, where normalising happens
+            value = {"event_id": event_id, "entity": "u1", "ts": T, "data": {"x": 1.0}}
+            producer.produce(topics.events, json.dumps(value).encode())
+        producer.close()
+        valid = read_topic(settings.kafka_bootstrap, topics.events_valid, 2)
+        dead = read_topic(settings.kafka_bootstrap, topics.events_dlq, 1)
+
+        def scraped() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        wait_for(lambda: "ingest_error" in scraped(), 10, "the dead-letter counter")
+        metrics = scraped()
+    finally:
+        service.join()
+    assert [v["event_id"] for v in valid] == ["a", "c"]
+    assert [(d["offset"], d["reason"]) for d in dead] == [(1, "ingest_error")]
+    assert "RuntimeError: normaliser defect" in dead[0]["message"]
+    assert 'headwater_ingest_dead_letters_total{reason="ingest_error"} 1.0' in metrics
+    assert 'headwater_ingest_records_total{outcome="valid"} 2.0' in metrics
+    assert 'headwater_ingest_records_total{outcome="in"} 3.0' in metrics
+
+
 def test_records_are_keyed_by_entity_and_carry_their_lineage(ingest_settings):
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 

@@ -190,7 +190,7 @@ def codes_in_code() -> set[str]:
     for path in [*ROOT.glob("shared/**/*.py"), *ROOT.glob("services/**/*.py")]:
         text = path.read_text()
         found.update(re.findall(r'(?:MessageError|CodecError)\(\s*"([a-z_]+)"', text))
-        found.update(re.findall(r'dead_letter\([^)]*?"([a-z_]+_error)"', text, re.S))
+        found.update(re.findall(r'(?:dead_letter|_reject)\([^)]*?"([a-z_]+_error)"', text, re.S))
     return found
 
 
