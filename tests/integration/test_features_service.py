@@ -1,5 +1,9 @@
 """The features service through Kafka, with its online feature store in Redis."""
 
+import random
+import threading
+import time
+
 import redis
 
 from services.features.app import run_features
@@ -8,8 +12,9 @@ from services.features.store import FeatureStore
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
-from shared.kafka import SafeProducer
-from shared.messages import FeatureRecord
+from shared.codec import encode
+from shared.kafka import SafeProducer, ensure_topics
+from shared.messages import Event, FeatureRecord
 from shared.schemas import validator
 from shared.spec import parse_spec
 
@@ -72,77 +77,119 @@ def test_features_topic_and_feature_store_after_a_replay(settings, tmp_path):
     assert int(status[b"entities"]) == 40
 
 
-def test_sigkill_and_restart_re_emits_identical_features(settings, tmp_path):
-    """After dropping lineage duplicates, exactly one record per event, identical to an
-    uninterrupted run."""
-    import random
-    import time
+def out_of_order(events: list[Event], seed: int) -> list[Event]:
+    """Some events late within the sliding window's 10 s lateness, some beyond it."""
+    rng = random.Random(seed)
+    shuffled = []
+    for e in events:
+        u = rng.random()
+        ts = (
+            e.ts - rng.uniform(0, 8)
+            if u < 0.05
+            else e.ts - rng.uniform(15, 60)
+            if u < 0.06
+            else e.ts
+        )
+        shuffled.append(Event(e.event_id, e.entity, ts, e.data, e.label))
+    return shuffled
 
+
+def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(settings, tmp_path):
+    """A 50k-event stream, out of order in part, written while the service runs; the service
+    is killed with SIGKILL at a random moment of each of 8 stretches of it and restarted.
+    After dropping lineage duplicates: exactly one record per event, each identical (event,
+    features, late windows, lineage) to what an uninterrupted run of the service emitted."""
     from services.launch import start_service
-    from shared.checkpoint.store import CheckpointStore
 
     from .conftest import service_env
     from .helpers import read_until
 
     spec_file = tmp_path / "windows.yaml"
     spec_file.write_text(SPEC)
-    n = 50_000
-    events = list(dataset_events("SEA", limit=n, entities=500, interval=0.1))
-    write_events(tmp_path / "sea.jsonl", events)
-    producer = SafeProducer(settings.kafka_bootstrap)
-    replay_file(tmp_path / "sea.jsonl", producer, settings.topics)
-    producer.close()
-    env = {**service_env(settings), "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000"}
-    client = redis.Redis.from_url(settings.redis_url)
-    store = CheckpointStore(client, "windows", "features-p0", b"-")
-
-    def checkpointed() -> int:
-        versions = store.versions()
-        return int(versions[0].meta["next_offset"]) if versions else 0
-
+    n, kills, pace = 50_000, 8, 5_000  # events/s while a stretch is written
+    events = out_of_order(list(dataset_events("SEA", limit=n, entities=500, interval=0.1)), seed=11)
     rng = random.Random(7)
-    for _ in range(5):
-        before = checkpointed()
-        proc = start_service("features", spec_file, env)
+    cuts = sorted(rng.sample(range(1_000, n - 1_000), kills))
+    stretches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    producer = SafeProducer(settings.kafka_bootstrap)
+
+    def write(stretch: list[Event]) -> None:
+        for i in range(0, len(stretch), 250):
+            for e in stretch[i : i + 250]:
+                producer.produce(settings.topics.events, encode(e.to_wire()), e.entity.encode())
+            producer.poll()
+            time.sleep(250 / pace)
+        producer.flush()
+
+    def assigned(proc) -> None:
+        """Wait until the service owns the partition (a killed member's session must expire
+        first), so that what is written next is processed live."""
         deadline = time.monotonic() + 60
-        while checkpointed() <= before:
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0, 0.5))
-        proc.kill()
-        proc.cleanup()
-    proc = start_service("features", spec_file, env)
-    try:
-        deadline = time.monotonic() + 120
-        # A killed run may have checkpointed the whole stream already: wait for this one to
-        # be up (its signal handlers installed) before stopping it.
-        while "features service running" not in proc.log_tail(1000):
+        while "partitions assigned" not in proc.log_tail(1000):
             assert proc.alive(), proc.log_tail()
             assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.05)
-        while checkpointed() < n:
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.1)
+            time.sleep(0.02)
+
+    env = {
+        **service_env(settings),
+        "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000",
+        "HEADWATER_SESSION_TIMEOUT_MS": "2000",  # a killed member's partition moves sooner
+    }
+    killed_while_writing = 0
+    for stretch in stretches[:-1]:
+        proc = start_service("features", spec_file, env)
+        assigned(proc)
+        writer = threading.Thread(target=write, args=(stretch,))
+        writer.start()
+        time.sleep(rng.uniform(0.1, 0.9) * len(stretch) / pace)
+        killed_while_writing += writer.is_alive()
+        proc.kill()
+        proc.cleanup()
+        writer.join()
+    proc = start_service("features", spec_file, env)
+    try:
+        assigned(proc)
+        write(stretches[-1])
+        records = [
+            FeatureRecord.from_wire(r)
+            for r in read_until(
+                settings.kafka_bootstrap,
+                settings.topics.features,
+                lambda out: len({r["lineage"]["offset"] for r in out}) >= n,
+                f"every one of the {n} source offsets",
+                timeout=120,
+                settle=2.0,
+            )
+        ]
     finally:
         assert proc.stop() == 0, proc.log_tail()
-    records = [
-        FeatureRecord.from_wire(r)
-        for r in read_until(
-            settings.kafka_bootstrap,
-            settings.topics.features,
-            lambda out: len({r["lineage"]["offset"] for r in out}) >= n,
-            f"every one of the {n} source offsets",
-            timeout=120,
-            settle=2.0,
-        )
-    ]
-    total = len(records)
-    assert total > n  # the kills did cause re-emission
+    producer.close()
+    assert killed_while_writing == kills  # every kill came in the middle of the stream
+    assert len(records) > n  # the kills did cause re-emission
     first: dict[int, FeatureRecord] = {}
     for r in records:
         previous = first.setdefault(r.lineage.offset, r)
         assert previous == r  # a re-emitted record is identical to the first one
     assert sorted(first) == list(range(n))
+
+    # The same stream through one uninterrupted run (another pipeline name: its own
+    # checkpoints and consumer group), into a topic of its own.
+    topics = settings.topics.model_copy(update={"features": settings.topics.features + ".ref"})
+    ensure_topics(settings.kafka_bootstrap, {topics.features: 1})
+    reference_run = ThreadedService(
+        run_features,
+        settings.model_copy(update={"topics": topics}),
+        parse_spec(SPEC.replace("name: windows", "name: windows-ref")),
+    ).start()
+    try:
+        uninterrupted = [
+            FeatureRecord.from_wire(r)
+            for r in read_topic(settings.kafka_bootstrap, topics.features, n, timeout=120)
+        ]
+    finally:
+        reference_run.join()
+    assert [first[offset] for offset in range(n)] == uninterrupted
+    assert sum(1 for r in uninterrupted if r.late_windows) > 100  # lateness was exercised
     reference = FeatureEngine(parse_spec(SPEC).features)
     for offset in range(n):
         assert first[offset].features == reference.process(0, events[offset]).features
