@@ -70,6 +70,7 @@ def test_features_topic_and_feature_store_after_a_replay(settings, tmp_path):
         }
     assert store.read("no-such-entity") is None
     client = redis.Redis.from_url(settings.redis_url)
+    assert 3000 < client.ttl("headwater:windows:features:sea-e0") <= 3600  # entity_ttl: 1h
     (status_key,) = client.keys("headwater:windows:features-status:*")
     status = client.hgetall(status_key)
     assert status[b"emitted"] == b"3000"

@@ -3,6 +3,7 @@ folded in so far — out-of-order events within and beyond the allowed lateness 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -70,11 +71,18 @@ def expected_op(op, values):
 def brute_force(spec, events):
     """Recompute every event's features from scratch, from the event list alone."""
     out = []
+    now = list(itertools.accumulate((e.ts for e in events), max))  # stream time after each
     for i, e in enumerate(events):
         before = events[:i]
         stream_prev = max((b.ts for b in before), default=-math.inf)
         stream_now = max(stream_prev, e.ts)
         mine = [(j, b) for j, b in enumerate(events[: i + 1]) if b.entity == e.entity]
+        # Idle entities are forgotten: once stream time, after some event, is more than the
+        # TTL past the entity's last arrival, what came before does not count.
+        for k in range(len(mine) - 1, 0, -1):
+            if now[mine[k][0] - 1] - spec.entity_ttl > now[mine[k - 1][0]]:
+                mine = mine[k:]
+                break
         features = {f: e.data.get(f) for f in spec.passthrough}
         previous = [b.ts for _, b in mine[:-1]]
         if spec.time_since_last:
@@ -172,7 +180,7 @@ def sections(draw):
         "aggregations": aggregations,
         "passthrough": draw(st.lists(st.sampled_from(["x", "s"]), unique=True)),
         "time_since_last": draw(st.booleans()),
-        "entity_ttl": "1000d",
+        "entity_ttl": draw(st.sampled_from(["1000d", 2, 6, 15])),  # event times span 0-40 s
     }
 
 
