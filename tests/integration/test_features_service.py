@@ -264,3 +264,88 @@ def test_a_record_the_engine_fails_on_is_dead_lettered_as_feature_error(settings
     assert dead[0]["reason"] == "feature_error"
     assert "ZeroDivisionError: injected" in dead[0]["message"]
     assert dead[0]["offset"] == 1
+
+
+def test_window_state_moves_with_its_partition_when_instances_join_and_leave(settings, tmp_path):
+    """Two partitions; a second instance joins mid-stream and leaves again. Each partition's
+    window state travels through its checkpoint, so after dropping lineage duplicates every
+    record equals what one engine fed that partition's events in order would answer."""
+    from services.launch import start_service
+
+    from .conftest import service_env
+    from .helpers import read_until
+
+    names = {
+        field: f"{getattr(settings.topics, field)}.2p"
+        for field in ("events", "events_valid", "features", "events_dlq")
+    }
+    names["events_valid"] = names["events"]  # no ingest in between
+    topics = settings.topics.model_copy(update=names)
+    ensure_topics(settings.kafka_bootstrap, {name: 2 for name in set(names.values())})
+    settings = settings.model_copy(update={"topics": topics})
+    spec_file = tmp_path / "windows.yaml"
+    spec_file.write_text(SPEC)
+    env = {**service_env(settings), "HEADWATER_SESSION_TIMEOUT_MS": "2000"}
+    n = 9_000
+    events = out_of_order(list(dataset_events("SEA", limit=n, entities=60, interval=0.1)), 3)
+    producer = SafeProducer(settings.kafka_bootstrap)
+
+    def write(stretch: list[Event]) -> None:
+        for i in range(0, len(stretch), 250):
+            for e in stretch[i : i + 250]:
+                producer.produce(topics.events, encode(e.to_wire()), e.entity.encode())
+            producer.poll()
+            time.sleep(0.05)
+        producer.flush()
+
+    def wait_for_log(proc, text: str, count: int = 1) -> None:
+        deadline = time.monotonic() + 60
+        while proc.log_tail(5000).count(text) < count:
+            assert proc.alive(), proc.log_tail()
+            assert time.monotonic() < deadline, proc.log_tail()
+            time.sleep(0.02)
+
+    first = start_service("features", spec_file, env)
+    second = None
+    try:
+        wait_for_log(first, "partitions assigned")
+        write(events[:3_000])
+        second = start_service("features", spec_file, env)
+        wait_for_log(second, "partitions assigned")
+        wait_for_log(first, "partitions assigned", 2)  # the first instance kept one partition
+        write(events[3_000:6_000])
+        assert second.stop() == 0, second.log_tail()
+        wait_for_log(first, "partitions assigned", 3)  # and has both again
+        write(events[6_000:])
+        records = [
+            FeatureRecord.from_wire(r)
+            for r in read_until(
+                settings.kafka_bootstrap,
+                topics.features,
+                lambda out: (
+                    len({(r["lineage"]["partition"], r["lineage"]["offset"]) for r in out}) >= n
+                ),
+                f"a record for each of the {n} events",
+                timeout=120,
+                settle=1.0,
+                partitions=2,
+            )
+        ]
+    finally:
+        producer.close()
+        assert first.stop() == 0, first.log_tail()
+        if second is not None:
+            second.stop()
+    assert "partition restored" in second.log_tail(5000)  # it took over a partition's state
+    assert first.log_tail(5000).count("partition restored") >= 1  # and gave it back
+    unique: dict[tuple[int, int], FeatureRecord] = {}
+    for r in records:
+        previous = unique.setdefault((r.lineage.partition, r.lineage.offset), r)
+        assert previous == r
+    reference = FeatureEngine(parse_spec(SPEC).features)
+    for partition in (0, 1):
+        mine = sorted((o, r) for (p, o), r in unique.items() if p == partition)
+        assert [o for o, _ in mine] == list(range(len(mine)))
+        assert len(mine) > n // 4  # both partitions carry a good share of the stream
+        for _, r in mine:
+            assert r.features == reference.process(partition, r.event).features
