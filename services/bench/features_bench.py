@@ -12,6 +12,7 @@ import math
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -212,7 +213,11 @@ def faust_rate(stack: LocalStack, n: int, out_topic: str, timeout: float = 300) 
         out_topic,
         str(n),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    # faust writes its app's data directory into the working directory: a temporary one
+    with tempfile.TemporaryDirectory(prefix="headwater-faust-") as workdir:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=workdir
+        )
     for line in (done.stdout + done.stderr).splitlines():
         at = line.find('{"events":')
         if at >= 0:
