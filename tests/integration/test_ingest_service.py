@@ -273,14 +273,25 @@ def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_pa
 
 
 def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
-    ingest_settings,
+    ingest_settings, monkeypatch
 ):
     """A restarted ingest skips what the crashed owner wrote after its last checkpoint; a
     rebalance before it has read past those records (the dead member's session expiring)
     checkpoints and restores again, and must still skip them."""
     from confluent_kafka import Message, TopicPartition
 
+    import services.ingest.app as ingest_app
     from services.ingest.app import build_ingest
+    from shared.kafka import BatchConsumer
+
+    class Unsubscribed(BatchConsumer):
+        """The test drives assignment itself: its consumers must not join the group, or
+        closing one waits for a rebalance that the other (never polled) holds up."""
+
+        def __init__(self, *args, topics, **kwargs):
+            super().__init__(*args, topics=None, **kwargs)
+
+    monkeypatch.setattr(ingest_app, "BatchConsumer", Unsubscribed)
 
     settings, topics = ingest_settings, ingest_settings.topics
     spec = parse_spec(SPEC)
@@ -319,8 +330,7 @@ def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
         for service in (crashed, ingest):
             service.producer.close()
             service.closing = True  # no checkpoint on the way out (the crashed one is fenced)
-            # never polled, so never in the group: no final commit to wait for
-            service.consumer._consumer.close()
+            service.consumer._consumer.close()  # not in the group: no final commit
     valid = read_until(
         settings.kafka_bootstrap,
         topics.events_valid,
