@@ -118,11 +118,15 @@ class FeaturesService:
             self._update_feature_store()
             self.publish_status(force=True)
         finally:
-            self.closing = True  # leaving the group revokes partitions: already checkpointed
-            try:
-                self.consumer.close()
-            finally:
-                self.producer.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the clients (after `run`, or for a service driven by hand)."""
+        self.closing = True  # leaving the group revokes partitions: already checkpointed
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close()
 
     def handle_batch(self, batch: list[Message]) -> None:
         latest: dict[str, bytes] = {}  # per entity, its last record: the store's value

@@ -253,13 +253,18 @@ class IngestService:
             self.checkpoint(list(self.owned))
             self.publish_status(force=True)
         finally:
-            self.closing = True  # leaving the group revokes partitions: already checkpointed
-            try:
-                self.consumer.close()
-            finally:
-                if self._watermarks is not None:
-                    self._watermarks.close()
-                self.producer.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the clients (after `run`, or for a service driven by hand)."""
+        self.closing = True  # leaving the group revokes partitions: already checkpointed
+        try:
+            self.consumer.close()
+        finally:
+            if self._watermarks is not None:
+                self._watermarks.close()
+                self._watermarks = None
+            self.producer.close()
 
     def handle_batch(self, batch: list[Message]) -> None:
         """The commonest record inline: a well-formed MessagePack event, not written before a

@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from shared.codec import decode
+from shared.kafka import BatchConsumer
 
 
 def read_topic(
@@ -84,3 +85,11 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
+
+
+class UnsubscribedConsumer(BatchConsumer):
+    """For tests that drive a service's assignment themselves: its consumer never joins the
+    group, so closing it does not wait for a rebalance that another, never polled, holds up."""
+
+    def __init__(self, *args: Any, topics: Any, **kwargs: Any) -> None:
+        super().__init__(*args, topics=None, **kwargs)

@@ -349,3 +349,38 @@ def test_window_state_moves_with_its_partition_when_instances_join_and_leave(set
         assert len(mine) > n // 4  # both partitions carry a good share of the stream
         for _, r in mine:
             assert r.features == reference.process(partition, r.event).features
+
+
+def test_a_stale_features_owner_cannot_overwrite_a_newer_checkpoint(settings, monkeypatch):
+    """An instance that lost its partition and then tries to checkpoint is refused."""
+    import pytest
+    from confluent_kafka import TopicPartition
+
+    import services.features.app as features_app
+    from services.features.app import build_features
+    from services.features.service import FeaturesFencedError
+    from shared.checkpoint.store import CheckpointStore
+
+    from .helpers import UnsubscribedConsumer
+
+    monkeypatch.setattr(features_app, "BatchConsumer", UnsubscribedConsumer)
+    spec = parse_spec(SPEC)
+    tp = TopicPartition(settings.topics.events_valid, 0)
+    old, new = build_features(settings, spec), build_features(settings, spec)
+    try:
+        old.on_assign([tp])
+        new.on_assign([tp])  # a newer epoch for the same partition
+        epoch = new.owned[0].epoch
+        assert epoch > old.owned[0].epoch
+        store = CheckpointStore(
+            redis.Redis.from_url(settings.redis_url), "windows", "features-p0", b"-"
+        )
+        versions = store.versions()
+        with pytest.raises(FeaturesFencedError, match="owned by another instance"):
+            old.checkpoint([0], "cadence")
+        assert store.versions() == versions  # nothing was written
+        new.checkpoint([0], "cadence")
+        assert store.versions()[0].epoch == epoch
+    finally:
+        for service in (old, new):
+            service.close()

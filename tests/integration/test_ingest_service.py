@@ -21,7 +21,7 @@ from shared.schemas import validator
 from shared.spec import parse_spec
 
 from .conftest import ThreadedService, service_env
-from .helpers import read_topic, read_until
+from .helpers import UnsubscribedConsumer, read_topic, read_until
 
 SPEC = """
 name: ingest
@@ -282,16 +282,8 @@ def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
 
     import services.ingest.app as ingest_app
     from services.ingest.app import build_ingest
-    from shared.kafka import BatchConsumer
 
-    class Unsubscribed(BatchConsumer):
-        """The test drives assignment itself: its consumers must not join the group, or
-        closing one waits for a rebalance that the other (never polled) holds up."""
-
-        def __init__(self, *args, topics, **kwargs):
-            super().__init__(*args, topics=None, **kwargs)
-
-    monkeypatch.setattr(ingest_app, "BatchConsumer", Unsubscribed)
+    monkeypatch.setattr(ingest_app, "BatchConsumer", UnsubscribedConsumer)
 
     settings, topics = ingest_settings, ingest_settings.topics
     spec = parse_spec(SPEC)
@@ -328,9 +320,7 @@ def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
         ingest.checkpoint([key])
     finally:
         for service in (crashed, ingest):
-            service.producer.close()
-            service.closing = True  # no checkpoint on the way out (the crashed one is fenced)
-            service.consumer._consumer.close()  # not in the group: no final commit
+            service.close()  # no checkpoint on the way out (the crashed one is fenced)
     valid = read_until(
         settings.kafka_bootstrap,
         topics.events_valid,
@@ -340,3 +330,36 @@ def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
         settle=2.0,
     )
     assert sorted(v["event_id"] for v in valid) == sorted(f"e{i}" for i in range(100))
+
+
+def test_a_stale_ingest_owner_cannot_overwrite_a_newer_checkpoint(ingest_settings, monkeypatch):
+    """An instance that lost its partition (paused past its session, say) and then tries to
+    checkpoint is refused: the new owner's epoch is newer."""
+    import pytest
+    from confluent_kafka import TopicPartition
+
+    import services.ingest.app as ingest_app
+    from services.ingest.app import build_ingest
+    from services.ingest.service import IngestFencedError
+
+    monkeypatch.setattr(ingest_app, "BatchConsumer", UnsubscribedConsumer)
+    settings, spec = ingest_settings, parse_spec(SPEC)
+    tp, key = TopicPartition(settings.topics.events, 0), (settings.topics.events, 0)
+    old, new = build_ingest(settings, spec), build_ingest(settings, spec)
+    try:
+        old.on_assign([tp])
+        new.on_assign([tp])  # a newer epoch for the same partition
+        epoch = new.owned[key].epoch
+        assert epoch > old.owned[key].epoch
+        store = CheckpointStore(
+            redis.Redis.from_url(settings.redis_url), "ingest", "ingest-events-p0", b"-"
+        )
+        versions = store.versions()
+        with pytest.raises(IngestFencedError, match="owned by another ingest instance"):
+            old.checkpoint([key])
+        assert store.versions() == versions  # nothing was written
+        new.checkpoint([key])
+        assert store.versions()[0].epoch == epoch
+    finally:
+        for service in (old, new):
+            service.close()
