@@ -4,8 +4,8 @@ Windowed tables (a 1-minute window hopping every 10 s, standing in for the slidi
 and a 5-minute tumbling window) keyed by entity, relative to the stream's time (the Kafka
 timestamp, set to the event time when the stream is loaded); per event both tables are read
 and written and a features record is sent. Run as a child process:
-`python -m services.bench.faust_baseline BOOTSTRAP TOPIC OUT_TOPIC N`; it prints one JSON
-line with its events/s over the first N events and exits.
+`python -m services.bench.faust_baseline BOOTSTRAP TOPIC OUT_TOPIC N DATADIR`; it prints one
+JSON line with its events/s over the first N events and exits.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def _stats(values: list[float]) -> list[Any]:
     return [len(values), total, mean, min(values), max(values), std]
 
 
-def build_app(bootstrap: str, topic: str, out_topic: str, n: int) -> faust.App:
+def build_app(bootstrap: str, topic: str, out_topic: str, n: int, datadir: str) -> faust.App:
     app = faust.App(
         f"bench-faust-{uuid.uuid4().hex[:8]}",
+        datadir=datadir,
         broker=f"kafka://{bootstrap}",
         store="memory://",
         topic_partitions=1,
@@ -77,8 +78,8 @@ def build_app(bootstrap: str, topic: str, out_topic: str, n: int) -> faust.App:
 
 
 def main() -> None:
-    bootstrap, topic, out_topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    app = build_app(bootstrap, topic, out_topic, n)
+    bootstrap, topic, out_topic, n, datadir = sys.argv[1:6]
+    app = build_app(bootstrap, topic, out_topic, int(n), datadir)
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
     app.main()
 

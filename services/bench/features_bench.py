@@ -213,10 +213,10 @@ def faust_rate(stack: LocalStack, n: int, out_topic: str, timeout: float = 300) 
         out_topic,
         str(n),
     ]
-    # faust writes its app's data directory into the working directory: a temporary one
-    with tempfile.TemporaryDirectory(prefix="headwater-faust-") as workdir:
+    # faust keeps its app's data directory; by default that is in the working directory
+    with tempfile.TemporaryDirectory(prefix="headwater-faust-") as datadir:
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=workdir
+            [*cmd, datadir], capture_output=True, text=True, timeout=timeout, check=False
         )
     for line in (done.stdout + done.stderr).splitlines():
         at = line.find('{"events":')

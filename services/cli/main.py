@@ -223,7 +223,7 @@ def main() -> None:
     from services.features.app import FeaturesConfigError
     from services.features.service import FeaturesFencedError
     from services.ingest.app import IngestConfigError
-    from services.ingest.service import IngestFencedError
+    from services.ingest.service import IngestDefectError, IngestFencedError
     from services.learner.checkpointing import FencedError, SpecMismatchError
     from services.replay.datasets import DatasetError
     from services.replay.recorded import RecordedStreamError
@@ -252,6 +252,7 @@ def main() -> None:
         FeaturesFencedError,
         IngestConfigError,
         IngestFencedError,
+        IngestDefectError,  # its tracebacks are in the log, one per record
         FencedError,
         SpecMismatchError,
         CheckpointTamperedError,

@@ -121,7 +121,8 @@ class FeaturesService:
             self.close()
 
     def close(self) -> None:
-        """Release the clients (after `run`, or for a service driven by hand)."""
+        """Release the clients: `run` does on its way out; a caller that drives the service
+        by hand (tests) calls it once instead."""
         self.closing = True  # leaving the group revokes partitions: already checkpointed
         try:
             self.consumer.close()

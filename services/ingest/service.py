@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter as PromCounter
 
 from services.ingest.dedupe import RecentIds
@@ -32,7 +32,6 @@ from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, St
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.consumer import CONSUMER_TUNING
-from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics
 from shared.settings import Settings
@@ -44,10 +43,18 @@ SERVICE = "ingest"
 LINEAGE_HEADER = "headwater-lineage"  # "topic:partition:offset" of the input record
 COUNTS = ("in", "valid", "deduplicated", "dead_lettered")
 MARKS_MAX_AGE_S = 5.0  # a recovery reads at most ~this long of output again
+# A defect that fails every record (a bad deploy) must stop ingest, not dead-letter the
+# whole stream: this many `ingest_error`s in a row on the full route (labels, JSON, records
+# to repair or refuse), with no record of that route handled in between.
+MAX_INGEST_ERRORS_IN_ROW = 100
 
 
 class IngestFencedError(RuntimeError):
     pass
+
+
+class IngestDefectError(RuntimeError):
+    """Ingest failed on many records in a row: a defect of the service, not of the input."""
 
 
 @dataclass
@@ -118,6 +125,7 @@ class IngestService:
     status_at: float = 0.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _watermarks: Consumer | None = None
+    _errors_in_row: int = 0  # ingest_error records since the last record handled otherwise
 
     # -- ownership -------------------------------------------------------------------
 
@@ -256,7 +264,8 @@ class IngestService:
             self.close()
 
     def close(self) -> None:
-        """Release the clients (after `run`, or for a service driven by hand)."""
+        """Release the clients: `run` does on its way out; a caller that drives the service
+        by hand (tests) calls it once instead."""
         self.closing = True  # leaving the group revokes partitions: already checkpointed
         try:
             self.consumer.close()
@@ -324,14 +333,26 @@ class IngestService:
             # an unchanged MessagePack record travels as it came
             value = raw if not changed and raw and raw[0] >= 0x80 else encode(record.to_wire())
         except (CodecError, MessageError) as exc:
-            self._reject(msg, owned, again, exc.reason, str(exc))
+            self._errors_in_row = 0
+            self._reject(owned, topic, partition, offset, msg, again, exc.reason, str(exc))
             return
+        except (MemoryError, KafkaException, redis.RedisError):
+            raise  # the machine or a service we depend on: not this record's fault
         except Exception as exc:
             # A defect of ours, not of the record: dead-lettered with the error, so that one
             # record cannot crash ingest again after every restart.
-            log.exception("ingest failed on a record", extra={"fields": {"offset": offset}})
-            self._reject(msg, owned, again, "ingest_error", f"{type(exc).__name__}: {exc}")
+            where = {"topic": topic, "partition": partition, "offset": offset}
+            log.exception("ingest failed on a record", extra={"fields": where})
+            self._errors_in_row += 1
+            if self._errors_in_row >= MAX_INGEST_ERRORS_IN_ROW:
+                raise IngestDefectError(
+                    f"ingest failed on {self._errors_in_row} records in a row, the last at "
+                    f"{topic}[{partition}]@{offset}: {type(exc).__name__}: {exc}"
+                ) from exc
+            error = f"{type(exc).__name__}: {exc}"
+            self._reject(owned, topic, partition, offset, msg, again, "ingest_error", error)
             return
+        self._errors_in_row = 0
         event_id, entity, ts = record.event_id, record.entity, record.ts
         if state.recent.seen(event_id, ts):
             counts["deduplicated"] += 1
@@ -347,9 +368,18 @@ class IngestService:
         state.next_offset = offset + 1
         owned.since_checkpoint += 1
 
-    def _reject(self, msg: Message, owned: Owned, again: bool, reason: str, message: str) -> None:
+    def _reject(
+        self,
+        owned: Owned,
+        topic: str,
+        partition: int,
+        offset: int,
+        msg: Message,
+        again: bool,
+        reason: str,
+        message: str,
+    ) -> None:
         """Count and dead-letter a record (unless a previous owner did before it crashed)."""
-        topic, partition, offset = position(msg)
         state = owned.state
         state.counts["dead_lettered"] += 1
         state.counts["dlq:" + reason] += 1

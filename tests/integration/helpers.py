@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -91,5 +92,38 @@ class UnsubscribedConsumer(BatchConsumer):
     """For tests that drive a service's assignment themselves: its consumer never joins the
     group, so closing it does not wait for a rebalance that another, never polled, holds up."""
 
-    def __init__(self, *args: Any, topics: Any, **kwargs: Any) -> None:
-        super().__init__(*args, topics=None, **kwargs)
+    def __init__(self, bootstrap: str, group_id: str, topics: Any, **kwargs: Any) -> None:
+        super().__init__(bootstrap, group_id, None, **kwargs)
+
+
+def assignments(proc: Any, topic: str) -> list[set[int]]:
+    """The partitions of `topic` a service process was assigned, one set per assignment in
+    its log (an empty set for an assignment of nothing)."""
+    found = []
+    for line in proc.log_tail(100_000).splitlines():
+        if "partitions assigned" in line:
+            found.append({int(p) for p in re.findall(re.escape(topic) + r"\[(\d+)\]", line)})
+    return found
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, proc: Any = None, timeout: float = 60.0
+) -> None:
+    """Poll `condition`; fail with `what` (and the process's log) on a timeout, or at once
+    if the process died."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.alive(), f"service exited:\n{proc.log_tail(40)}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"\n{proc.log_tail(40)}" if proc is not None else ""
+        )
+        time.sleep(0.02)
+
+
+def end_offset(bootstrap: str, topic: str, partition: int = 0) -> int:
+    """The topic partition's high watermark: how many records it holds."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4().hex}"})
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
+    finally:
+        consumer.close()

@@ -103,16 +103,18 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
     from services.launch import start_service
 
     from .conftest import service_env
-    from .helpers import read_until
+    from .helpers import assignments, end_offset, read_until, wait_until
 
     spec_file = tmp_path / "windows.yaml"
     spec_file.write_text(SPEC)
     n, kills, pace = 50_000, 8, 5_000  # events/s while a stretch is written
     events = out_of_order(list(dataset_events("SEA", limit=n, entities=500, interval=0.1)), seed=11)
     rng = random.Random(7)
-    cuts = sorted(rng.sample(range(1_000, n - 1_000), kills))
+    step = n // (kills + 1)  # stretches of 2,500 to 8,600 events
+    cuts = [step * (k + 1) + rng.randint(-step // 2, step // 2) for k in range(kills)]
     stretches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
     producer = SafeProducer(settings.kafka_bootstrap)
+    source, out = settings.topics.events_valid, settings.topics.features
 
     def write(stretch: list[Event]) -> None:
         for i in range(0, len(stretch), 250):
@@ -122,14 +124,10 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
             time.sleep(250 / pace)
         producer.flush()
 
-    def assigned(proc) -> None:
-        """Wait until the service owns the partition (a killed member's session must expire
-        first), so that what is written next is processed live."""
-        deadline = time.monotonic() + 60
-        while "partitions assigned" not in proc.log_tail(1000):
-            assert proc.alive(), proc.log_tail()
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.02)
+    def owns_the_partition(proc) -> None:
+        """A killed member's session must expire first; then what is written is processed
+        live."""
+        wait_until(lambda: assignments(proc, source)[-1:] == [{0}], "the assignment", proc)
 
     env = {
         **service_env(settings),
@@ -139,31 +137,42 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
     killed_while_writing = 0
     for stretch in stretches[:-1]:
         proc = start_service("features", spec_file, env)
-        assigned(proc)
-        writer = threading.Thread(target=write, args=(stretch,))
-        writer.start()
-        time.sleep(rng.uniform(0.1, 0.9) * len(stretch) / pace)
-        killed_while_writing += writer.is_alive()
-        proc.kill()
-        proc.cleanup()
+        try:
+            owns_the_partition(proc)
+            before = end_offset(settings.kafka_bootstrap, out)
+            writer = threading.Thread(target=write, args=(stretch,))
+            writer.start()
+            started = time.monotonic()
+            wait_until(
+                lambda: end_offset(settings.kafka_bootstrap, out) > before,  # noqa: B023
+                "this run's first output",
+                proc,
+            )
+            left = len(stretch) / pace - (time.monotonic() - started)
+            time.sleep(rng.uniform(0.1, 0.8) * max(left, 0.0))
+            killed_while_writing += writer.is_alive()
+        finally:
+            proc.kill()
+            proc.cleanup()
         writer.join()
     proc = start_service("features", spec_file, env)
     try:
-        assigned(proc)
+        owns_the_partition(proc)
         write(stretches[-1])
         records = [
             FeatureRecord.from_wire(r)
             for r in read_until(
                 settings.kafka_bootstrap,
-                settings.topics.features,
-                lambda out: len({r["lineage"]["offset"] for r in out}) >= n,
+                out,
+                lambda got: len({r["lineage"]["offset"] for r in got}) >= n,
                 f"every one of the {n} source offsets",
                 timeout=120,
                 settle=2.0,
             )
         ]
     finally:
-        assert proc.stop() == 0, proc.log_tail()
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
     producer.close()
     assert killed_while_writing == kills  # every kill came in the middle of the stream
     assert len(records) > n  # the kills did cause re-emission
@@ -273,7 +282,7 @@ def test_window_state_moves_with_its_partition_when_instances_join_and_leave(set
     from services.launch import start_service
 
     from .conftest import service_env
-    from .helpers import read_until
+    from .helpers import assignments, read_until, wait_until
 
     names = {
         field: f"{getattr(settings.topics, field)}.2p"
@@ -298,24 +307,24 @@ def test_window_state_moves_with_its_partition_when_instances_join_and_leave(set
             time.sleep(0.05)
         producer.flush()
 
-    def wait_for_log(proc, text: str, count: int = 1) -> None:
-        deadline = time.monotonic() + 60
-        while proc.log_tail(5000).count(text) < count:
-            assert proc.alive(), proc.log_tail()
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.02)
+    def held(proc) -> set[int]:
+        found = assignments(proc, topics.events)
+        return found[-1] if found else set()
 
     first = start_service("features", spec_file, env)
     second = None
     try:
-        wait_for_log(first, "partitions assigned")
+        wait_until(lambda: held(first) == {0, 1}, "the first instance's assignment", first)
         write(events[:3_000])
         second = start_service("features", spec_file, env)
-        wait_for_log(second, "partitions assigned")
-        wait_for_log(first, "partitions assigned", 2)  # the first instance kept one partition
+        wait_until(  # one partition each
+            lambda: len(held(second)) == 1 and held(first) == {0, 1} - held(second),
+            "the partitions to be shared",
+            second,
+        )
         write(events[3_000:6_000])
         assert second.stop() == 0, second.log_tail()
-        wait_for_log(first, "partitions assigned", 3)  # and has both again
+        wait_until(lambda: held(first) == {0, 1}, "the first instance to hold both again", first)
         write(events[6_000:])
         records = [
             FeatureRecord.from_wire(r)
@@ -333,11 +342,14 @@ def test_window_state_moves_with_its_partition_when_instances_join_and_leave(set
         ]
     finally:
         producer.close()
-        assert first.stop() == 0, first.log_tail()
-        if second is not None:
-            second.stop()
-    assert "partition restored" in second.log_tail(5000)  # it took over a partition's state
-    assert first.log_tail(5000).count("partition restored") >= 1  # and gave it back
+        codes = [p.stop() for p in (first, second) if p is not None]
+    assert codes == [0, 0], first.log_tail()
+    logs = [p.log_tail(100_000) for p in (first, second)]
+    for p in (first, second):
+        p.cleanup()
+    assert "partition restored" in logs[1]  # the second took over a partition's state
+    # the first restored one partition when the second joined, both when it left
+    assert logs[0].count("partition restored") >= 3
     unique: dict[tuple[int, int], FeatureRecord] = {}
     for r in records:
         previous = unique.setdefault((r.lineage.partition, r.lineage.offset), r)

@@ -157,6 +157,7 @@ def test_100k_hostile_records_are_all_accounted_for(ingest_settings, tmp_path: P
     reasons = {k[4:]: v for k, v in final.items() if k.startswith("dlq:")}
     assert sum(reasons.values()) == final["dead_lettered"]
     assert {"bad_msgpack", "bad_json", "wrong_type", "missing_field", "too_large"} <= set(reasons)
+    assert "ingest_error" not in reasons, reasons  # hostile input, not a defect of ours
     assert peak < 600, peak  # bounded: large records are refused, never accumulated
     valid_labels = read_until(
         settings.kafka_bootstrap, topics.labels_valid, lambda out: True, "", 60, settle=3.0

@@ -146,16 +146,43 @@ def test_a_record_ingest_fails_on_is_dead_lettered_and_counted_in_prometheus(
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 return r.read().decode()
 
-        wait_for(lambda: "ingest_error" in scraped(), 10, "the dead-letter counter")
-        metrics = scraped()
+        expected = [
+            'headwater_ingest_dead_letters_total{reason="ingest_error"} 1.0',
+            'headwater_ingest_records_total{outcome="valid"} 2.0',
+            'headwater_ingest_records_total{outcome="in"} 3.0',
+        ]
+        wait_for(lambda: all(e in scraped() for e in expected), 10, "the counters")
     finally:
         service.join()
     assert [v["event_id"] for v in valid] == ["a", "c"]
     assert [(d["offset"], d["reason"]) for d in dead] == [(1, "ingest_error")]
     assert "RuntimeError: normaliser defect" in dead[0]["message"]
-    assert 'headwater_ingest_dead_letters_total{reason="ingest_error"} 1.0' in metrics
-    assert 'headwater_ingest_records_total{outcome="valid"} 2.0' in metrics
-    assert 'headwater_ingest_records_total{outcome="in"} 3.0' in metrics
+
+
+def test_ingest_stops_when_it_fails_on_every_record(ingest_settings, monkeypatch):
+    """A defect hitting every record (a bad deploy) stops ingest with a clear error after
+    MAX_INGEST_ERRORS_IN_ROW records, rather than dead-lettering the whole stream."""
+    import pytest
+
+    import services.ingest.service as ingest_module
+
+    def broken(obj, policy):
+        raise RuntimeError("normaliser defect")
+
+    monkeypatch.setattr(ingest_module, "normalise_event", broken)
+    settings, topics = ingest_settings, ingest_settings.topics
+    service = ThreadedService(run_ingest, settings, parse_spec(SPEC)).start()
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for i in range(ingest_module.MAX_INGEST_ERRORS_IN_ROW + 50):
+        value = {"event_id": f"e{i}", "entity": "u1", "ts": T, "data": {}}
+        producer.produce(topics.events, json.dumps(value).encode())
+    producer.close()
+    service.thread.join(60)
+    assert not service.thread.is_alive(), "ingest kept going"
+    with pytest.raises(ingest_module.IngestDefectError, match="100 records in a row"):
+        service.join()
+    dead = read_topic(settings.kafka_bootstrap, topics.events_dlq, 99)
+    assert {d["reason"] for d in dead} == {"ingest_error"}
 
 
 def test_records_are_keyed_by_entity_and_carry_their_lineage(ingest_settings):
