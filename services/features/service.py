@@ -24,6 +24,7 @@ from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka.closing import close_all
 from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
 from shared.messages.fast_event import fast_valid_event
@@ -124,10 +125,7 @@ class FeaturesService:
         """Release the clients: `run` does on its way out; a caller that drives the service
         by hand (tests) calls it once instead."""
         self.closing = True  # leaving the group revokes partitions: already checkpointed
-        try:
-            self.consumer.close()
-        finally:
-            self.producer.close()
+        close_all(self.consumer.close, self.producer.close)
 
     def handle_batch(self, batch: list[Message]) -> None:
         latest: dict[str, bytes] = {}  # per entity, its last record: the store's value

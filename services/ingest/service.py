@@ -31,6 +31,7 @@ from services.ingest.normalize import normalise_event, normalise_label
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka.closing import close_all
 from shared.kafka.consumer import CONSUMER_TUNING
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics
@@ -267,13 +268,12 @@ class IngestService:
         """Release the clients: `run` does on its way out; a caller that drives the service
         by hand (tests) calls it once instead."""
         self.closing = True  # leaving the group revokes partitions: already checkpointed
-        try:
-            self.consumer.close()
-        finally:
-            if self._watermarks is not None:
-                self._watermarks.close()
-                self._watermarks = None
-            self.producer.close()
+        watermarks, self._watermarks = self._watermarks, None
+        close_all(
+            self.consumer.close,
+            *([watermarks.close] if watermarks is not None else []),
+            self.producer.close,
+        )
 
     def handle_batch(self, batch: list[Message]) -> None:
         """The commonest record inline: a well-formed MessagePack event, not written before a

@@ -120,10 +120,7 @@ def wait_until(
         time.sleep(0.02)
 
 
-def end_offset(bootstrap: str, topic: str, partition: int = 0) -> int:
-    """The topic partition's high watermark: how many records it holds."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4().hex}"})
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
-    finally:
-        consumer.close()
+def end_offset(reader: Consumer, topic: str, partition: int = 0) -> int:
+    """The topic partition's high watermark (how many records it holds), asked through a
+    `reader` the caller keeps for repeated questions."""
+    return int(reader.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])

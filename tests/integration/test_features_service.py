@@ -100,6 +100,8 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
     is killed with SIGKILL at a random moment of each of 8 stretches of it and restarted.
     After dropping lineage duplicates: exactly one record per event, each identical (event,
     features, late windows, lineage) to what an uninterrupted run of the service emitted."""
+    from confluent_kafka import Consumer
+
     from services.launch import start_service
 
     from .conftest import service_env
@@ -135,16 +137,17 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
         "HEADWATER_SESSION_TIMEOUT_MS": "2000",  # a killed member's partition moves sooner
     }
     killed_while_writing = 0
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "hw"})
     for stretch in stretches[:-1]:
         proc = start_service("features", spec_file, env)
         try:
             owns_the_partition(proc)
-            before = end_offset(settings.kafka_bootstrap, out)
+            before = end_offset(reader, out)
             writer = threading.Thread(target=write, args=(stretch,))
             writer.start()
             started = time.monotonic()
             wait_until(
-                lambda: end_offset(settings.kafka_bootstrap, out) > before,  # noqa: B023
+                lambda: end_offset(reader, out) > before,  # noqa: B023
                 "this run's first output",
                 proc,
             )
@@ -155,6 +158,7 @@ def test_sigkill_at_random_moments_of_a_live_stream_re_emits_identical_features(
             proc.kill()
             proc.cleanup()
         writer.join()
+    reader.close()
     proc = start_service("features", spec_file, env)
     try:
         owns_the_partition(proc)
