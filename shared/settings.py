@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         le=60,
         description="A dead learner's lease expires after this; standby takes over.",
     )
+    learner_model_process: bool = Field(
+        True,
+        description="Run the learner's models in a process of their own, on a second core "
+        "(false: in the service's thread).",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."
     )

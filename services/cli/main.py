@@ -191,7 +191,7 @@ def bench_ingest(
 def bench_learner(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     dataset: Annotated[str, typer.Option(help="River dataset to cycle through.")] = "Phishing",
-    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 50_000,
+    events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 100_000,
 ) -> None:
     """The learner service against the in-process River and VW loops on the same stream."""
     from services.bench.learner_bench import run_learner_bench
@@ -225,6 +225,7 @@ def main() -> None:
     from services.ingest.app import IngestConfigError
     from services.ingest.service import IngestDefectError, IngestFencedError
     from services.learner.checkpointing import FencedError, SpecMismatchError
+    from services.learner.worker import WorkerError
     from services.replay.datasets import DatasetError
     from services.replay.recorded import RecordedStreamError
     from services.replay.replayer import ReplayInterruptedError
@@ -255,6 +256,7 @@ def main() -> None:
         IngestDefectError,  # its tracebacks are in the log, one per record
         FencedError,
         SpecMismatchError,
+        WorkerError,  # the model process died: restart, it resumes from the checkpoint
         CheckpointTamperedError,
         CheckpointFormatError,
         CheckpointNotFoundError,

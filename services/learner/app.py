@@ -6,6 +6,7 @@ import threading
 
 from services.learner.core import LearnerCore
 from services.learner.service import LearnerMetrics, LearnerService
+from services.learner.worker import start_worker
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
@@ -55,6 +56,9 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
         # No "caught up" shortcut: a cached high watermark can be stale while a producer is
         # still writing the other topic, and then fetch timing would decide the order.
         OrderedMerge(settings.merge_idle_ms / 1000),
+        lambda: start_worker(
+            settings.learner_model_process, settings.log_level, settings.log_format
+        ),
     )
 
 

@@ -4,6 +4,11 @@ For each event every model predicts on the event's data. With an inline label th
 metrics are updated with those predictions and every model learns at once; otherwise the
 frozen feature vector and the predictions wait (up to the spec's horizon, in events) for
 the label from the labels topic, and the same happens when it comes.
+
+The hot path (`score`, `join`) returns plain tuples, not messages: it may run in a model
+process of its own (worker.py), and whoever publishes turns them into records
+(outputs.py). `process` and `process_label` are the same steps returning messages, for
+callers that want them in one go.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import Any
 
 from river import utils
 
+from services.learner.outputs import Joined, Scores, outcomes, predictions
 from services.learner.window_metric import WindowMetric, rolling
 from shared.messages import Event, Label, Lineage, Outcome, Prediction
 from shared.models import ModelAdapter, build_model
 from shared.models.river_factory import build_metric, default_metric
+from shared.models.vw_model import VWModel, features_text
 from shared.spec import LabelSettings, PipelineSpec
 from shared.spec.labels import check_label
 
@@ -28,8 +35,11 @@ class Pending:
     """A scored event waiting for its label: the frozen features and what each model said."""
 
     x: dict[str, Any]
-    predictions: list[Prediction]
+    scores: Scores
     seq: int
+    entity: str
+    ts: float
+    version: int  # the model version that made the predictions
 
 
 MetricUpdate = tuple[Callable[[Any, Any], Any], bool]  # (metric.update, wants the proba map)
@@ -39,6 +49,7 @@ MetricUpdate = tuple[Callable[[Any, Any], Any], bool]  # (metric.update, wants t
 class Step:
     """One model's per-record calls, bound once (see `LearnerCore.plan`)."""
 
+    name: str
     predict: Callable[[Mapping[str, Any]], tuple[Any, Any]]
     learn: Callable[[Mapping[str, Any], Any], None]
     metrics: tuple[MetricUpdate, ...]
@@ -62,31 +73,49 @@ class LearnerCore:
     # Labels that came before their event (same event time, or a producer's clock): they
     # wait, as predictions do, up to the horizon.
     early: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
-    # Outcomes of the last call, for the caller to publish (drained, so never checkpointed).
+    # False when the caller keeps the metrics itself (the service: off the model process).
+    track_metrics: bool = True
+    # Outcomes of the last `process`/`process_label` call (drained, so never checkpointed).
     outbox: list[Outcome] = field(default_factory=list)
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
-    _plan: dict[str, Step] | None = field(default=None, init=False, repr=False, compare=False)
+    _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_plan"] = None
+        state["outbox"] = []
+        state["track_metrics"] = True  # a restored core is whole; a service opts out again
         return state
 
     @property
-    def plan(self) -> dict[str, Step]:
-        """Per model: predict, learn and metric updates bound once, not looked up per record
-        (a Rolling metric's attribute lookups alone cost a microsecond a record)."""
+    def plan(self) -> tuple[Step, ...]:
+        """Per model, in spec order: predict, learn and metric updates bound once, not
+        looked up per record (a Rolling metric's attribute lookups alone cost a microsecond
+        a record)."""
         plan = self._plan
         if plan is None:
-            plan = self._plan = {
-                name: Step(
+            for name in self.models:
+                self.learned.setdefault(name, 0)
+            plan = self._plan = tuple(
+                Step(
+                    name,
                     model.predict,
                     model.learn,
                     tuple((m.update, wants_proba(m)) for m in self.metrics[name]),
                 )
                 for name, model in self.models.items()
-            }
+            )
         return plan
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    @property
+    def vw_text(self) -> bool:
+        """Every model is Vowpal Wabbit: `x` may be VW's text of the features
+        (`features_text`), which a service formats before the model process sees it."""
+        return all(isinstance(m, VWModel) for m in self.models.values())
 
     def replace_model(
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
@@ -114,114 +143,132 @@ class LearnerCore:
             metrics[m.name] = overall + [rolling(x, spec.metrics_window) for x in overall]
         return cls(spec.name, spec.task, models, metrics, spec.labels)
 
-    def process(self, event: Event, lineage: Lineage) -> list[Prediction]:
-        """Predict with every model, then learn from the inline label if there is one."""
-        label = event.label
-        if label is not None:
-            check_label(label, self.task)
-        x = features(event.data)
-        event_id, entity, ts = event.event_id, event.entity, event.ts
-        pipeline, version, task = self.pipeline, self.model_version, self.task
-        out = [
-            # positional: the field order of prediction/v1
-            Prediction(
-                event_id, entity, ts, pipeline, name, version, task, *step.predict(x), lineage
-            )
-            for name, step in self.plan.items()
-        ]
+    def score(
+        self, event_id: str, entity: str, ts: float, x: dict[str, Any], label: Any
+    ) -> tuple[Scores, list[Joined]]:
+        """Predict with every model, then learn from the inline label if there is one.
+        Returns each model's (prediction, proba) and the other predictions that met their
+        label (an early one, expired ones with the default); the inline pair is the
+        caller's to report, it has everything it needs.
+
+        `x` is `features(data)` (or its VW text, see `vw_text`) and the label passed
+        `check_label`: the caller's side of a model process does both."""
+        plan = self.plan
+        scores = tuple([step.predict(x) for step in plan])
         self.events_seen += 1
+        joined: list[Joined] = []
         early = self.early.pop(event_id, None) if self.early else None
         if label is not None:
-            self._learn(x, label, out, "inline", 0, lineage)
+            self._learn(plan, x, label, scores)
         elif early is not None:
-            self._learn(x, early[0], out, "topic", 0, lineage)
+            self._learn(plan, x, early[0], scores)
+            joined.append((event_id, entity, ts, self.model_version, scores, early[0], "topic", 0))
         else:
             self.pending.pop(event_id, None)
-            self.pending[event_id] = Pending(x, out, self.events_seen)
+            self.pending[event_id] = Pending(
+                x, scores, self.events_seen, entity, ts, self.model_version
+            )
         if self.pending or self.early:
-            self._expire(lineage)
-        return out
+            self._expire(joined)
+        return scores, joined
 
-    def process_label(self, label: Label, lineage: Lineage | None = None) -> str:
+    def join(self, event_id: str, label: Any) -> tuple[str, list[Joined]]:
         """Join a delayed label with its pending prediction: "joined", or "early" if the
         event has not been seen (it may yet come; past the horizon the label is unmatched)."""
-        check_label(label.label, self.task)
-        waiting = self.pending.pop(label.event_id, None)
+        check_label(label, self.task)
+        waiting = self.pending.pop(event_id, None)
         if waiting is None:
-            self.early.pop(label.event_id, None)
-            self.early[label.event_id] = (label.label, self.events_seen)
-            return "early"
+            self.early.pop(event_id, None)
+            self.early[event_id] = (label, self.events_seen)
+            return "early", []
         lag = self.events_seen - waiting.seq
-        self._learn(waiting.x, label.label, waiting.predictions, "topic", lag, lineage)
-        return "joined"
+        self._learn(self.plan, waiting.x, label, waiting.scores)
+        w = waiting
+        return "joined", [(event_id, w.entity, w.ts, w.version, w.scores, label, "topic", lag)]
 
-    def _expire(self, lineage: Lineage) -> None:
+    def process(self, event: Event, lineage: Lineage) -> list[Prediction]:
+        """`score` with its results as messages; outcomes go to `outbox`."""
+        self.outbox.clear()
+        if event.label is not None:
+            check_label(event.label, self.task)
+        x: Any = features(event.data)
+        if self.vw_text:
+            x = features_text(x)
+        scores, joined = self.score(event.event_id, event.entity, event.ts, x, event.label)
+        if event.label is not None:
+            inline = (event.event_id, event.entity, event.ts, self.model_version, scores)
+            joined.insert(0, (*inline, event.label, "inline", 0))
+        names, pipeline, task = self.model_names, self.pipeline, self.task
+        for j in joined:
+            self.outbox.extend(outcomes(j, names, pipeline, task, lineage))
+        return predictions(event, self.model_version, scores, names, pipeline, task, lineage)
+
+    def process_label(self, label: Label, lineage: Lineage | None = None) -> str:
+        """`join` with its outcomes as messages in `outbox` (none without a lineage)."""
+        self.outbox.clear()
+        status, joined = self.join(label.event_id, label.label)
+        if lineage is not None:
+            for j in joined:
+                self.outbox.extend(outcomes(j, self.model_names, self.pipeline, self.task, lineage))
+        return status
+
+    def _expire(self, joined: list[Joined]) -> None:
         """Past the horizon, predictions get the default label (or none); labels give up."""
         oldest_kept = self.events_seen - self.labels.horizon_events
         while self.early and next(iter(self.early.values()))[1] <= oldest_kept:
             self.early.popitem(last=False)
             self.labels_unmatched += 1
         while self.pending:
-            event_id, waiting = next(iter(self.pending.items()))
-            if waiting.seq > oldest_kept:
+            event_id, w = next(iter(self.pending.items()))
+            if w.seq > oldest_kept:
                 return
             del self.pending[event_id]
-            if self.labels.default is None:
+            default = self.labels.default
+            if default is None:
                 self.expired_unlabelled += 1
             else:
-                lag = self.events_seen - waiting.seq
-                self._learn(
-                    waiting.x, self.labels.default, waiting.predictions, "default", lag, lineage
+                lag = self.events_seen - w.seq
+                self._learn(self.plan, w.x, default, w.scores)
+                joined.append(
+                    (event_id, w.entity, w.ts, w.version, w.scores, default, "default", lag)
                 )
                 self.expired_defaulted += 1
 
     def _learn(
-        self,
-        x: Mapping[str, Any],
-        label: Any,
-        predictions: list[Prediction],
-        source: str,
-        lag: int,
-        lineage: Lineage | None,
+        self, plan: tuple[Step, ...], x: Mapping[str, Any], label: Any, scores: Scores
     ) -> None:
         """Score the predictions made before, learn once on the frozen features."""
-        plan, learned, outbox = self.plan, self.learned, self.outbox
-        for p in predictions:
-            if lineage is not None:
-                outbox.append(outcome(p, label, source, lag, lineage))
-            step = plan[p.model]
-            if p.prediction is not None:  # as River's progressive_val_score: no guess, no score
-                for update, proba in step.metrics:
-                    update(label, dict(p.proba) if proba and p.proba is not None else p.prediction)
+        learned = self.learned
+        if self.track_metrics:
+            update_metrics(tuple(step.metrics for step in plan), label, scores)
+        for step in plan:
             step.learn(x, label)
-            learned[p.model] = learned.get(p.model, 0) + 1
+            learned[step.name] += 1
         self.labels_learned += 1
 
     def metric_values(self) -> dict[str, dict[str, float]]:
-        """Per model: prequential metrics over the whole stream and over the rolling window."""
-        return {
-            model: {metric_name(m): float(m.get()) for m in ms}
-            for model, ms in self.metrics.items()
-        }
+        return metric_values(self.metrics)
 
 
-def outcome(p: Prediction, label: Any, source: str, lag: int, lineage: Lineage) -> Outcome:
-    # positional: the field order of outcome/v1
-    return Outcome(
-        p.event_id,
-        p.entity,
-        p.ts,
-        p.pipeline,
-        p.model,
-        p.model_version,
-        p.task,
-        p.prediction,
-        p.proba,
-        label,
-        source,
-        lag,
-        lineage,
-    )
+def metric_values(metrics: Mapping[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Per model: prequential metrics over the whole stream and over the rolling window."""
+    return {model: {metric_name(m): float(m.get()) for m in ms} for model, ms in metrics.items()}
+
+
+MetricPlan = tuple[tuple[MetricUpdate, ...], ...]  # per model, in the spec's order
+
+
+def metric_plan(metrics: Mapping[str, list[Any]]) -> MetricPlan:
+    """Each model's metric updates, bound once."""
+    return tuple(tuple((m.update, wants_proba(m)) for m in ms) for ms in metrics.values())
+
+
+def update_metrics(plan: MetricPlan, label: Any, scores: Scores) -> None:
+    """Each model's metrics with the prediction it made before the label came."""
+    for updates, (prediction, proba) in zip(plan, scores):  # noqa: B905 (same length)
+        if prediction is not None:  # as River's progressive_val_score: no guess, no score
+            for update, wants in updates:
+                update(label, dict(proba) if wants and proba is not None else prediction)
 
 
 def metric_name(metric: Any) -> str:

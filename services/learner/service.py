@@ -1,40 +1,72 @@
 """The learner's Kafka loop.
 
 Records from the events and labels topics are decoded as they arrive, then released in
-deterministic order by `OrderedMerge`; each released record is scored or joined and its
-outputs produced. Checkpoints (checkpointing.py) flush those outputs, then persist the
-state with the next input offsets; after a crash the learner resumes from the last one
-and re-emits identical outputs, which downstream drops by lineage.
+deterministic order by `OrderedMerge`; each released batch goes to the model worker
+(worker.py: a model process, or this thread), which scores and joins it, and the results
+come back as records to produce. Checkpoints (checkpointing.py) wait for every result in
+flight and flush the outputs, then persist the state with the next input offsets; after a
+crash the learner resumes from the last one and re-emits identical outputs, which
+downstream drops by lineage.
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import logging
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message
+from confluent_kafka import OFFSET_BEGINNING, Message
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.learner.checkpointing import Checkpointer, FencedError, LearnerState, restore
-from services.learner.core import LearnerCore
+from services.learner.core import (
+    LearnerCore,
+    MetricPlan,
+    features,
+    metric_plan,
+    metric_values,
+    update_metrics,
+)
+from services.learner.outputs import outcomes
+from services.learner.worker import (
+    EVENT,
+    FAILED,
+    LABEL,
+    SCORED,
+    Item,
+    ModelWorker,
+    WorkerError,
+)
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
-from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
+from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.position import position
-from shared.messages import DeadLetter, Event, FeatureRecord, Label, Lineage, MessageError
+from shared.messages import (
+    DeadLetter,
+    Event,
+    FeatureRecord,
+    Label,
+    Lineage,
+    MessageError,
+    Prediction,
+)
 from shared.messages.fast_event import fast_valid_event
 from shared.metrics import ServiceMetrics
+from shared.models.vw_model import features_text
 from shared.ordering import OrderedMerge, OrderKey
 from shared.redis_store import RedisStore
 from shared.settings import Settings
+from shared.spec.labels import check_label
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +135,20 @@ class LearnerService:
         input_partitions: dict[str, int],
         metrics: LearnerMetrics,
         merge: OrderedMerge[Buffered],
+        start_worker: Callable[[], ModelWorker],
         status_interval_s: float = 1.0,
     ) -> None:
         self.state = LearnerState(fresh)
+        self._start_worker = start_worker
+        self.worker: ModelWorker | None = None
+        # What records are built from: fixed by the spec, checked on every restore.
+        self._names = tuple(fresh.models)
+        self._pipeline, self._task = fresh.pipeline, fresh.task
+        self.events_seen = 0  # scored events whose outputs were produced (bench, logs)
+        # Set on taking ownership, from the restored state:
+        self._metrics: dict[str, list[Any]] = {}
+        self._metric_plan: MetricPlan = ()
+        self._vw_text = False
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
@@ -130,13 +173,19 @@ class LearnerService:
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
         self._scored = 0  # events scored (one prediction per model each) since the last tally
         self._inline_labels = 0
-        # Outputs of the current release, produced at its end: (value, key) per record.
+        # Outputs of the batch being published: (value, key) per record.
         self._predictions: list[tuple[bytes, bytes | None]] = []
         self._outcomes: list[tuple[bytes, bytes | None]] = []
 
     @property
     def core(self) -> LearnerCore:
+        """The state as of the last restore or checkpoint (with a model process, the live
+        one is there)."""
         return self.state.core
+
+    def _worker(self) -> ModelWorker:
+        assert self.worker is not None, "not active: no model worker"
+        return self.worker
 
     def run(self, stop: threading.Event) -> None:
         """Wait for the lease, restore, then consume until `stop`; checkpoint on the way out."""
@@ -148,8 +197,7 @@ class LearnerService:
             self.take_ownership()
             while not stop.is_set():
                 self.step()
-            assert self.checkpointer is not None
-            version = self.checkpointer.checkpoint(self.state, "shutdown")
+            version = self.checkpoint("shutdown")
             log.info("final checkpoint written", extra={"fields": {"version": version}})
         except FencedError:
             fenced = True
@@ -177,6 +225,20 @@ class LearnerService:
         """New epoch first (fencing any older owner), then restore and seek."""
         epoch = self.checkpoints.new_epoch()
         self.state, version = restore(self.checkpoints, self.core)
+        if self.worker is None:
+            self.worker = self._start_worker()
+        core = self.state.core
+        # The metrics are kept here, from the results, off the model process's core.
+        self._metrics = core.metrics
+        self._metric_plan = metric_plan(self._metrics)
+        self._vw_text = core.vw_text
+        self.worker.load(core)
+        self.events_seen = core.events_seen
+        # What exists now (imports, clients, the restored state) lives as long as the
+        # service: kept out of the collector's full passes, which otherwise stall this
+        # thread ~50 ms every few tens of thousands of records (and the model process
+        # waits for it meanwhile).
+        gc.freeze()
         positions = {
             (topic, p): self.state.offsets.get((topic, p), OFFSET_BEGINNING)
             for topic, n in self.input_partitions.items()
@@ -213,7 +275,7 @@ class LearnerService:
         if self.checkpointer.due():
             try:
                 self._keep_lease(force=True)  # a long checkpoint must not let it lapse
-                self.checkpointer.checkpoint(self.state, "cadence")
+                self.checkpoint("cadence")
                 self._keep_lease(force=True)
                 self.metrics.checkpoint_seconds.observe(self.checkpointer.last_seconds)
             except redis.RedisError as exc:
@@ -231,6 +293,18 @@ class LearnerService:
             if request is not None:
                 self.apply_rollback(request)
 
+    def checkpoint(self, reason: str) -> int:
+        """Every submitted record's outputs produced, then the worker's state persisted."""
+        assert self.checkpointer is not None
+        self.publish(block=True)
+        worker = self._worker()
+        snapshot = worker.snapshot()
+        snapshot.metrics = self._metrics
+        self.state.core = snapshot
+        version = self.checkpointer.checkpoint(self.state, reason)
+        worker.set_version(version)
+        return version
+
     def apply_rollback(self, request: dict[str, Any]) -> None:
         """`headwater models rollback`: one model (and its metrics) continues from an older
         checkpoint; the other models and the input position are untouched."""
@@ -245,17 +319,18 @@ class LearnerService:
         ) as exc:
             log.error("rollback refused", extra={"fields": {"model": model, "error": str(exc)}})
             return
-        if model not in self.core.models or model not in old.core.models:
+        if model not in self._names or model not in old.core.models:
             log.error("rollback refused: unknown model", extra={"fields": {"model": model}})
             return
-        self.core.replace_model(
-            model, old.core.models[model], old.core.metrics[model], old.core.learned.get(model, 0)
+        self.publish(block=True)
+        metrics = old.core.metrics[model]
+        self._worker().replace_model(
+            model, old.core.models[model], metrics, old.core.learned.get(model, 0)
         )
-        assert self.checkpointer is not None
+        self._metrics[model] = metrics
+        self._metric_plan = metric_plan(self._metrics)
         try:
-            new_version = self.checkpointer.checkpoint(
-                self.state, f"rollback {model} to v{version}"
-            )
+            new_version = self.checkpoint(f"rollback {model} to v{version}")
         except redis.RedisError as exc:
             log.error(
                 "rollback applied but not yet checkpointed; the next checkpoint records it",
@@ -298,11 +373,16 @@ class LearnerService:
     def close(self, fenced: bool) -> None:
         try:
             if self.role == "active" and not fenced:
-                self._publish_status(force=True)
+                try:
+                    self._publish_status(force=True)
+                except WorkerError as exc:  # already reported by the failure that stops us
+                    log.warning("last status not published", extra={"fields": {"error": str(exc)}})
             if fenced:
                 self.producer.flush()  # outputs are deterministic: duplicates drop by lineage
             self.producer.close()
         finally:
+            if self.worker is not None:
+                self.worker.close()
             self.consumer.close()
             if not fenced:
                 try:
@@ -314,9 +394,7 @@ class LearnerService:
                 extra={
                     "fields": {
                         "role": self.role,
-                        "events": self.core.events_seen,
-                        "labels": self.core.labels_learned,
-                        "pending": len(self.core.pending),
+                        "events": self.events_seen,
                         "dead_letters": self.dead_lettered,
                     }
                 },
@@ -368,38 +446,135 @@ class LearnerService:
         return item, order, source
 
     def release(self) -> None:
-        """Apply what the merge releases; its offsets become part of the next checkpoint.
-
-        Predictions and outcomes are gathered and produced once per release, after the
-        records that made them (a failed record leaves none behind)."""
-        started = time.perf_counter()
+        """Send what the merge releases to the model worker, in order; its offsets become
+        part of the next checkpoint. Records the learner itself rejects are dead-lettered
+        here; the results of earlier batches are published as they come back."""
         offsets = self.state.offsets
+        hwm = self.state.source_hwm
+        task, vw_text = self._task, self._vw_text
+        intern = sys.intern
+        items: list[Item] = []
+        metas: list[Buffered] = []
         applied = 0
-        self._predictions.clear()
-        self._outcomes.clear()
-        try:
-            for record in self.merge.pop_ready():
-                self.apply(record)
-                lineage = record.lineage
-                offsets[(lineage.topic, lineage.partition)] = lineage.offset + 1
-                applied += 1
-                if applied % 1000 == 0:
-                    self._keep_lease()  # a long release must not let the lease lapse
-        finally:
-            # Even when fenced or failing: outputs are deterministic, duplicates drop by lineage.
-            topics = self.settings.topics
-            self.producer.produce_all(topics.predictions, self._predictions)
-            self.producer.produce_all(topics.outcomes, self._outcomes)
+        for record in self.merge.pop_ready():
+            lineage, item = record.lineage, record.item
+            offsets[(lineage.topic, lineage.partition)] = lineage.offset + 1
+            applied += 1
+            if record.source is not None:
+                upstream = (record.source.topic, record.source.partition)
+                if record.source.offset <= hwm.get(upstream, -1):
+                    self._tally[("records", "duplicate")] += 1
+                    continue  # re-emitted by a restarted features service: applied already
+                hwm[upstream] = record.source.offset
+            if isinstance(item, Event):  # the commonest record first
+                label = item.label
+                if label is not None:
+                    try:
+                        check_label(label, task)
+                    except MessageError as exc:
+                        record = Buffered(
+                            lineage,
+                            Rejected(record.raw, exc.reason, str(exc)),
+                            record.raw,
+                            record.key,
+                        )
+                        metas.append(record)
+                        continue
+                x: Any = features(item.data)
+                if vw_text:
+                    x = features_text(x)  # VW's own text, formatted on this core
+                else:
+                    # Interned keys are the model's own dict keys (lookups by identity, about
+                    # a microsecond a record); marshal carries the interning to a model
+                    # process. msgspec hands out the same key objects record after record,
+                    # so this interns each name in place once; a name interned elsewhere
+                    # before (a literal in some module) needs the dict rebuilt.
+                    for name in x:
+                        if intern(name) is not name:
+                            x = {intern(k): v for k, v in x.items()}
+                            break
+                items.append((EVENT, item.event_id, item.entity, item.ts, x, label))
+            elif isinstance(item, Label):
+                items.append((LABEL, item.event_id, item.label))
+            # a Rejected record goes with the batch too, so dead letters stay in input order
+            metas.append(record)
+        if metas:
+            self._worker().submit(items, metas)
         if applied:
             assert self.checkpointer is not None
             self.checkpointer.records_since += applied
+        self.publish(block=False)
+
+    def publish(self, block: bool) -> None:
+        """Produce the outputs of the batches the worker has finished (all of them if
+        `block`), in submission order."""
+        for metas, version, results in self._worker().results(block, self._keep_lease):
+            started = time.perf_counter()
+            self._predictions.clear()
+            self._outcomes.clear()
+            try:
+                self._build(metas, version, results)
+            finally:
+                # Even when failing: outputs are deterministic, duplicates drop by lineage.
+                topics = self.settings.topics
+                self.producer.produce_all(topics.predictions, self._predictions)
+                self.producer.produce_all(topics.outcomes, self._outcomes)
             self._flush_tally()
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _build(self, metas: list[Buffered], version: int, results: list[Any]) -> None:
+        """Records from the worker's results (one per record it was given): a prediction
+        per model for each event, an outcome per model for each prediction that met its
+        label, dead letters."""
+        names, pipeline, task = self._names, self._pipeline, self._task
+        predictions, outcomes_out = self._predictions.append, self._outcomes.append
+        plan = self._metric_plan
+        scored = inline = 0
+        each = iter(results)
+        for record in metas:
+            if isinstance(record.item, Rejected):
+                self.dead_letter(record, record.item.reason, record.item.message)
+                continue
+            kind, first, joined = next(each)
+            lineage = record.lineage
+            if kind == SCORED:
+                event = record.item
+                assert isinstance(event, Event)
+                event_id, entity, ts = event.event_id, event.entity, event.ts
+                key = entity.encode()
+                for name, (pred, proba) in zip(names, first, strict=True):
+                    # positional: the field order of prediction/v1 (a Struct encodes as its
+                    # to_wire())
+                    p = Prediction(
+                        event_id, entity, ts, pipeline, name, version, task, pred, proba, lineage
+                    )
+                    predictions((encode(p), key))
+                scored += 1
+                if event.label is not None:
+                    inline += 1
+                    joined = [
+                        (event_id, entity, ts, version, first, event.label, "inline", 0),
+                        *joined,
+                    ]
+            elif kind == FAILED:
+                self.dead_letter(record, first, joined)
+                continue
+            else:
+                self._tally[("records", f"label_{first}")] += 1
+                if first == "joined":
+                    self._tally[("labels", "")] += 1
+            for j in joined:
+                update_metrics(plan, j[5], j[4])
+                for o in outcomes(j, names, pipeline, task, lineage):
+                    outcomes_out((encode(o), o.entity.encode()))
+        self.events_seen += scored
+        self._scored += scored
+        self._inline_labels += inline
 
     def _flush_tally(self) -> None:
         if self._scored:
             self._tally[("records", "scored")] += self._scored
-            for model in self.core.models:
+            for model in self._names:
                 self._tally[("predictions", model)] += self._scored
             self._scored = 0
         if self._inline_labels:
@@ -414,53 +589,6 @@ class LearnerService:
                 )
                 counter.labels(label).inc(n)
         self._tally.clear()
-
-    def apply(self, record: Buffered) -> None:
-        lineage, item = record.lineage, record.item
-        core = self.state.core
-        if core.outbox:
-            core.outbox.clear()  # what a failed record left behind is not published
-        if record.source is not None:
-            upstream = (record.source.topic, record.source.partition)
-            hwm = self.state.source_hwm
-            if record.source.offset <= hwm.get(upstream, -1):
-                self._tally[("records", "duplicate")] += 1
-                return  # re-emitted by a restarted features service: applied already
-            hwm[upstream] = record.source.offset
-        try:
-            if isinstance(item, Event):  # the commonest record first
-                self._score_event(item, lineage)
-            elif isinstance(item, Rejected):
-                self.dead_letter(record, item.reason, item.message)
-            else:
-                joined = core.process_label(item, lineage)
-                self._tally[("records", f"label_{joined}")] += 1
-                if joined == "joined":
-                    self._tally[("labels", "")] += 1
-            if core.outbox:
-                append = self._outcomes.append
-                for o in core.outbox:
-                    append((encode(o), o.entity.encode()))
-                core.outbox.clear()
-        except MessageError as exc:  # a label the task cannot learn from
-            self.dead_letter(record, exc.reason, str(exc))
-        except (DeliveryError, KafkaException):
-            raise  # the output path is broken: stop rather than lose records
-        except Exception as exc:
-            # A value a model cannot take (a string where it needs a number, a class it
-            # rejects): the record is dead-lettered, never retried forever.
-            log.exception("model failed on a record", extra={"fields": {"offset": lineage.offset}})
-            self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
-
-    def _score_event(self, event: Event, lineage: Lineage) -> None:
-        predictions = self.state.core.process(event, lineage)
-        key = event.entity.encode()
-        append = self._predictions.append
-        for p in predictions:
-            append((encode(p), key))  # a Struct: encoded as its to_wire()
-        self._scored += 1
-        if event.label is not None:
-            self._inline_labels += 1
 
     def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
         """To the dead-letter topic, keyed as the original was."""
@@ -505,27 +633,23 @@ class LearnerService:
         if not force and now - self._status_at < self.status_interval_s:
             return False
         self._status_at = now
-        core = self.core
-        fields: dict[str, str | int | float] = {
-            "role": self.role,
-            "model_version": core.model_version,
-            "events_seen": core.events_seen,
-            "labels_learned": core.labels_learned,
-            "labels_unmatched": core.labels_unmatched,
-            "pending": len(core.pending),
-            "expired_defaulted": core.expired_defaulted,
-            "expired_unlabelled": core.expired_unlabelled,
-            "dead_letters": self.dead_lettered,
-            "assigned_partitions": len(self.consumer.assignment),
-            "updated_at": time.time(),
-        }
-        self.metrics.pending.set(len(core.pending))
-        for model, ms in core.metric_values().items():
+        self.publish(block=True)  # the status counts every record released so far
+        status = self._worker().status()
+        fields: dict[str, str | int | float] = {"role": self.role, **status}
+        fields.update(
+            {
+                "dead_letters": self.dead_lettered,
+                "assigned_partitions": len(self.consumer.assignment),
+                "updated_at": time.time(),
+            }
+        )
+        self.metrics.pending.set(status["pending"])
+        for model, ms in metric_values(self._metrics).items():
             for name, value in ms.items():
                 fields[f"metric:{model}:{name}"] = value
                 self.metrics.model_metric.labels(model, name).set(value)
         try:
-            self.store.put_hash(self.store.key(core.pipeline, SERVICE, "status"), fields)
+            self.store.put_hash(self.store.key(self._pipeline, SERVICE, "status"), fields)
         except Exception as exc:  # Redis down must not stop scoring; it is logged and retried
             log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
         return True

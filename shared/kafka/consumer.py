@@ -96,9 +96,19 @@ class BatchConsumer:
         self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
-        """Up to `max_records` data records; transient errors are logged, fatal ones raised."""
+        """Up to `max_records` data records; transient errors are logged, fatal ones raised.
+
+        Waits (up to `timeout`) only for the first record: consume() with a timeout waits
+        for a full batch, so the last records of a burst sat there for the whole timeout
+        (200 ms by default) although they had arrived."""
+        consume = self._consumer.consume
+        batch = consume(max_records, 0)
+        if not batch:
+            batch = consume(1, timeout)
+            if batch and max_records > 1:
+                batch += consume(max_records - 1, 0)
         records = []
-        for msg in self._consumer.consume(max_records, timeout):
+        for msg in batch:
             err = msg.error()
             if err is None:
                 records.append(msg)

@@ -108,10 +108,12 @@ class VWModel:
         except Exception as exc:  # vw raises its own error types for bad arguments
             raise VWConfigError(f"VW rejected the arguments {self.args}: {exc}") from exc
         self.parser = vw.TextFormatParser(self.workspace)
-        self._last: tuple[Mapping[str, Any], Any] | None = None
+        self._last: tuple[Mapping[str, Any] | str, Any] | None = None
+        self._labels: dict[str, Any] = {}
 
-    def predict(self, x: Mapping[str, Any]) -> tuple[Scalar, Proba | None]:
-        example = self.parser.parse_line(features_text(x))
+    def predict(self, x: Mapping[str, Any] | str) -> tuple[Scalar, Proba | None]:
+        """`x` is a feature map, or its `features_text` already (see LearnerCore)."""
+        example = self.parser.parse_line(x if isinstance(x, str) else features_text(x))
         self._last = (x, example)  # learn() on the same features reuses the parsed example
         out: Any = self.workspace.predict_one(example)  # a scalar, or a list for --oaa
         if self.task == "binary":
@@ -126,7 +128,7 @@ class VWModel:
             return self.classes[best], tuple(zip(self.classes, probs, strict=True))
         return float(out), None
 
-    def learn(self, x: Mapping[str, Any], y: Scalar) -> None:
+    def learn(self, x: Mapping[str, Any] | str, y: Scalar) -> None:
         if self.task == "binary":
             label = "1" if y is True or y == 1 else "-1"
         elif self.task == "multiclass":
@@ -143,14 +145,21 @@ class VWModel:
             example = last[1]
             example.set_label(self._label_object(label))
         else:
-            example = self.parser.parse_line(f"{label} {features_text(x)}")
+            text = x if isinstance(x, str) else features_text(x)
+            example = self.parser.parse_line(f"{label} {text}")
         self._last = None
         self.workspace.learn_one(example)
 
     def _label_object(self, label: str) -> Any:
-        if self.task == "multiclass":
-            return vw.MulticlassLabel(int(label))
-        return vw.SimpleLabel(float(label))  # +1 / -1: exact in float32
+        """One label object per distinct label, reused: VW copies it into the example."""
+        obj = self._labels.get(label)
+        if obj is None:
+            if self.task == "multiclass":
+                obj = vw.MulticlassLabel(int(label))
+            else:
+                obj = vw.SimpleLabel(float(label))  # +1 / -1: exact in float32
+            self._labels[label] = obj
+        return obj
 
     def serialize(self) -> bytes:
         return bytes(self.workspace.serialize())

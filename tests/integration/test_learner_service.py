@@ -2,6 +2,7 @@ import json
 import time
 
 import msgpack
+import psutil
 import pytest
 from river import metrics
 
@@ -22,9 +23,22 @@ from .helpers import read_topic
 SPEC = ROOT / "ops/pipelines/phishing.yaml"
 
 
-@pytest.mark.parametrize(("delay", "expected"), [(None, "89.28%"), (0, "89.28%"), (10, "88.56%")])
-def test_phishing_through_kafka_scores_like_river(settings, tmp_path, delay, expected):
-    """Inline labels, or labels on the labels topic k events late (River: delay=k)."""
+@pytest.mark.parametrize(
+    ("delay", "expected", "model_process"),
+    [
+        (None, "89.28%", True),
+        (0, "89.28%", True),
+        (10, "88.56%", True),
+        (None, "89.28%", False),
+        (10, "88.56%", False),
+    ],
+)
+def test_phishing_through_kafka_scores_like_river(
+    settings, tmp_path, delay, expected, model_process
+):
+    """Inline labels, or labels on the labels topic k events late (River: delay=k); the
+    models in a model process of their own (the default) or in the service's thread."""
+    settings = settings.model_copy(update={"learner_model_process": model_process})
     stream = tmp_path / "phishing.jsonl"
     write_events(stream, dataset_events("Phishing"))
     labels = {e.event_id: e.label for e in dataset_events("Phishing")}
@@ -120,3 +134,17 @@ def test_learner_exits_cleanly_on_sigterm(learner_process):
     assert learner_process.alive(), learner_process.log_tail()
     assert learner_process.stop() == 0, learner_process.log_tail()
     assert "learner stopped" in learner_process.log_tail()
+
+
+def test_a_dead_model_process_stops_the_learner_with_a_clear_error(learner_process):
+    deadline = time.monotonic() + 60
+    while "learner active" not in learner_process.log_tail() and time.monotonic() < deadline:
+        assert learner_process.alive(), learner_process.log_tail()
+        time.sleep(0.1)
+    (model_process,) = psutil.Process(learner_process.pid).children()
+    assert "services.learner.model_process" in model_process.cmdline()
+    model_process.kill()
+    learner_process.proc.wait(30)
+    assert learner_process.proc.returncode == 1
+    assert "model process died (exit code -9)" in learner_process.log_tail()
+    assert "Traceback" not in learner_process.log_tail(200)

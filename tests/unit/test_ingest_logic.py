@@ -191,6 +191,7 @@ def codes_in_code() -> set[str]:
         text = path.read_text()
         found.update(re.findall(r'(?:MessageError|CodecError)\(\s*"([a-z_]+)"', text))
         found.update(re.findall(r'(?:dead_letter|_reject)\([^)]*?"([a-z_]+_error)"', text, re.S))
+        found.update(re.findall(r'\(FAILED, "([a-z_]+)"', text))  # the learner's model worker
     return found
 
 

@@ -1,0 +1,351 @@
+"""Where the learner's models run: in the service's own thread, or in a model process.
+
+Scoring and learning are about half of the learner's CPU time per record, Kafka I/O,
+ordering and record building the other half. One Python thread does both in turn; with a
+model process the service's thread consumes, orders and publishes while the model process
+scores and learns, each on a core of its own. Both workers run the same `serve_batch` on
+the same records in the same order, so models, metrics and outputs are identical (tests
+check); the in-thread worker is there for single-core machines and for debugging.
+
+The model process is a child that owns the `LearnerCore` between checkpoints: the service
+ships it each released batch (`submit`) and later reads the batch's results (`results`), a
+few batches in flight so neither side waits. Control calls (`snapshot`, `status`,
+`replace_model`) wait for every batch in flight first, so a snapshot holds exactly the
+records submitted before it. The child ignores SIGINT and SIGTERM (the service stops it,
+after its final checkpoint) and exits when the service is gone (its pipe closes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import marshal
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
+from services.learner.core import LearnerCore
+from shared.logs import configure_logging
+from shared.messages import MessageError
+from shared.models import ModelAdapter
+
+log = logging.getLogger(__name__)
+
+# Work items: (EVENT, event_id, entity, ts, data, label) or (LABEL, event_id, label).
+EVENT, LABEL = 0, 1
+# Results, one per item in order: (SCORED, scores, joined), (JOINED, status, joined) or
+# (FAILED, reason, message) for a record to dead-letter.
+SCORED, JOINED, FAILED = 0, 1, 2
+
+Item = tuple[Any, ...]
+Result = tuple[Any, ...]
+Batch = tuple[list[Any], int, list[Result]]  # (the caller's metas, model version, results)
+
+MAX_IN_FLIGHT = 4  # batches submitted to the model process and not yet read back
+
+
+class WorkerError(RuntimeError):
+    """The model process failed or died; the service stops (its last checkpoint stands)."""
+
+
+def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]]:
+    """Score and learn each item in order. A record the models cannot take becomes a
+    FAILED result (dead-lettered by the caller), never a crash and never retried."""
+    version = core.model_version  # checkpoints come between batches, never inside one
+    out: list[Result] = []
+    append = out.append
+    score, join = core.score, core.join
+    for item in items:
+        try:
+            if item[0] == EVENT:
+                _, event_id, entity, ts, data, label = item
+                append((SCORED, *score(event_id, entity, ts, data, label)))
+            else:
+                append((JOINED, *join(item[1], item[2])))
+        except MessageError as exc:  # a label the task cannot learn from
+            append((FAILED, exc.reason, str(exc)))
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:
+            # A value a model cannot take (a string where it needs a number, a class it
+            # rejects): the record is dead-lettered, never retried forever.
+            log.exception("model failed on a record", extra={"fields": {"event": item[1]}})
+            append((FAILED, "model_error", f"{type(exc).__name__}: {exc}"))
+    return version, out
+
+
+def core_status(core: LearnerCore) -> dict[str, Any]:
+    """The model side's counters operators see (the learner's status hash)."""
+    return {
+        "model_version": core.model_version,
+        "events_seen": core.events_seen,
+        "labels_learned": core.labels_learned,
+        "labels_unmatched": core.labels_unmatched,
+        "pending": len(core.pending),
+        "expired_defaulted": core.expired_defaulted,
+        "expired_unlabelled": core.expired_unlabelled,
+    }
+
+
+class ModelWorker(Protocol):
+    def load(self, core: LearnerCore) -> None: ...
+    def submit(self, items: list[Item], metas: list[Any]) -> None: ...
+    def results(self, block: bool, wait: Callable[[], None] = ...) -> Iterator[Batch]: ...
+    def snapshot(self) -> LearnerCore: ...
+    def set_version(self, version: int) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    def replace_model(
+        self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
+    ) -> None: ...
+    def close(self) -> None: ...
+
+
+def _idle() -> None:
+    return None
+
+
+class InlineWorker:
+    """The models in the caller's thread: `submit` scores at once."""
+
+    def __init__(self) -> None:
+        self.core: LearnerCore | None = None
+        self._done: deque[Batch] = deque()
+
+    def _core(self) -> LearnerCore:
+        if self.core is None:
+            raise WorkerError("no state loaded into the model worker")
+        return self.core
+
+    def load(self, core: LearnerCore) -> None:
+        core.track_metrics = False  # the service keeps them, from the results
+        self.core = core
+
+    def submit(self, items: list[Item], metas: list[Any]) -> None:
+        self._done.append((metas, *serve_batch(self._core(), items)))
+
+    def results(self, block: bool, wait: Callable[[], None] = _idle) -> Iterator[Batch]:
+        while self._done:
+            yield self._done.popleft()
+
+    def snapshot(self) -> LearnerCore:
+        return self._core()
+
+    def set_version(self, version: int) -> None:
+        self._core().model_version = version
+
+    def status(self) -> dict[str, Any]:
+        return core_status(self._core())
+
+    def replace_model(
+        self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
+    ) -> None:
+        self._core().replace_model(name, model, metrics, learned)
+
+    def close(self) -> None:
+        self.core = None
+
+
+# Messages on the pipe start with a tag byte. Batches go as marshal (several times faster
+# than pickle for tuples of str, float and dict), falling back to pickle for a value marshal
+# cannot take; control calls and their replies go as pickle.
+_BATCH, _BATCH_PICKLED, _CALL, _REPLY, _ERROR = b"B", b"b", b"C", b"R", b"E"
+
+
+def _pack(items: Any) -> bytes:
+    try:
+        return _BATCH + marshal.dumps(items)
+    except ValueError:  # e.g. a NumPy scalar from a custom model
+        return _BATCH_PICKLED + pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(msg: bytes) -> Any:
+    if msg[:1] == _BATCH:
+        return marshal.loads(memoryview(msg)[1:])
+    return pickle.loads(memoryview(msg)[1:])
+
+
+class ProcessWorker:
+    """The models in a child process (see the module's docstring)."""
+
+    def __init__(self, log_level: str = "INFO", log_format: str = "json") -> None:
+        # A fresh interpreter, not a fork (the service has Kafka threads) and not
+        # multiprocessing's spawn (it re-runs the caller's main module in the child).
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.learner.model_process",
+                    str(theirs.fileno()),
+                    log_level,
+                    log_format,
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        self._channel = Channel(ours)
+        self._in_flight: deque[list[Any]] = deque()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _died(self, exc: BaseException) -> WorkerError:
+        try:
+            code = self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        return WorkerError(
+            f"the model process died (exit code {code}): {exc}; the learner stops and "
+            "resumes from its last checkpoint when restarted"
+        )
+
+    def _receive(self, timeout: float) -> bytes | None:
+        try:
+            msg = self._channel.receive(timeout)
+        except ChannelClosedError as exc:
+            raise self._died(exc) from exc
+        if msg is not None and msg[:1] == _ERROR:
+            raise WorkerError(f"the model process failed:\n{msg[1:].decode()}")
+        return msg
+
+    def _send(self, msg: bytes) -> None:
+        try:
+            self._channel.send(msg)
+        except ChannelClosedError as exc:
+            raise self._died(exc) from exc
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if self._in_flight:
+            raise WorkerError(f"{name} called with batches in flight (read their results first)")
+        self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
+        while (msg := self._receive(1.0)) is None:
+            if self._process.poll() is not None:
+                raise self._died(ChannelClosedError("no reply"))
+        return pickle.loads(memoryview(msg)[1:])
+
+    def load(self, core: LearnerCore) -> None:
+        self._call("load", core)
+
+    def submit(self, items: list[Item], metas: list[Any]) -> None:
+        self._send(_pack(items))
+        self._in_flight.append(metas)
+
+    def results(self, block: bool, wait: Callable[[], None] = _idle) -> Iterator[Batch]:
+        """Batches whose results are back, oldest first: those ready now, every one if
+        `block`, and always enough to leave at most MAX_IN_FLIGHT in flight. `wait` runs
+        while blocked, about every half second (the service renews its lease there)."""
+        while self._in_flight:
+            must = block or len(self._in_flight) > MAX_IN_FLIGHT
+            msg = self._receive(0.5 if must else 0)
+            if msg is None:
+                if not must:
+                    return
+                if self._process.poll() is not None:
+                    raise self._died(ChannelClosedError("no results"))
+                wait()
+                continue
+            version, results = _unpack(msg)
+            yield self._in_flight.popleft(), version, results
+
+    def snapshot(self) -> LearnerCore:
+        core = self._call("snapshot")
+        assert isinstance(core, LearnerCore)
+        return core
+
+    def set_version(self, version: int) -> None:
+        self._call("set_version", version)
+
+    def status(self) -> dict[str, Any]:
+        status = self._call("status")
+        assert isinstance(status, dict)
+        return status
+
+    def replace_model(
+        self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
+    ) -> None:
+        self._call("replace_model", name, model, metrics, learned)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the child; kill it if it does not stop in time (its state is disposable:
+        the service checkpointed what it needs)."""
+        with contextlib.suppress(ChannelClosedError):
+            self._channel.send(_CALL + pickle.dumps(("stop", ())))
+            deadline = time.monotonic() + timeout
+            while self._process.poll() is None and time.monotonic() < deadline:
+                self._channel.receive(0.1)  # writes the backlog; any late results are dropped
+        try:
+            self._process.wait(max(0.0, timeout / 2))
+        except subprocess.TimeoutExpired:
+            log.warning("model process did not stop; killing it")
+            self._process.kill()
+            self._process.wait(timeout)
+        self._channel.close()
+
+
+def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
+    """The model process: serve batches and calls until told to stop or the service goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us after checkpointing
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(log_level, log_format)
+    core: LearnerCore | None = None
+    try:
+        while True:
+            try:
+                msg = recv_frame(sock)
+            except (ChannelClosedError, OSError):
+                return  # the service is gone
+            tag = msg[:1]
+            if tag != _CALL:
+                if core is None:
+                    raise WorkerError("a batch came before any state was loaded")
+                send_frame(sock, _pack(serve_batch(core, _unpack(msg))))
+                continue
+            name, args = pickle.loads(memoryview(msg)[1:])
+            if name == "stop":
+                return
+            if name == "load":
+                core = args[0]
+                core.track_metrics = False  # the service keeps them, from the results
+                reply: Any = None
+            elif core is None:
+                raise WorkerError(f"{name} called before any state was loaded")
+            elif name == "snapshot":
+                reply = core
+            elif name == "set_version":
+                core.model_version = args[0]
+                reply = None
+            elif name == "status":
+                reply = core_status(core)
+            elif name == "replace_model":
+                core.replace_model(*args)
+                reply = None
+            else:
+                raise WorkerError(f"unknown call {name!r}")
+            send_frame(sock, _REPLY + pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the service is gone
+    except BaseException:
+        with contextlib.suppress(OSError):
+            send_frame(sock, _ERROR + traceback.format_exc().encode())
+        raise
+    finally:
+        sock.close()
+
+
+def start_worker(own_process: bool, log_level: str, log_format: str) -> ModelWorker:
+    """A model process, or the service's own thread (`learner_model_process` setting)."""
+    if not own_process:
+        return InlineWorker()
+    worker = ProcessWorker(log_level, log_format)
+    log.info("model process started", extra={"fields": {"pid": worker.pid}})
+    return worker

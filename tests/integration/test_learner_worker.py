@@ -1,0 +1,136 @@
+"""The learner's model workers: a model process gives what the in-thread worker gives, and
+its failures are reported, never hung on."""
+
+import itertools
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
+from services.learner.core import LearnerCore
+from services.learner.worker import (
+    EVENT,
+    FAILED,
+    LABEL,
+    InlineWorker,
+    ProcessWorker,
+    WorkerError,
+    core_status,
+)
+from services.replay.datasets import dataset_events
+from shared.models.fingerprint import fingerprint
+from shared.spec import parse_spec
+
+SPEC = """
+name: w
+task: binary
+models:
+  - name: logreg
+    river:
+      pipeline: [river.preprocessing.StandardScaler, river.linear_model.LogisticRegression]
+  - name: vw
+    vw: {args: "-l 0.5"}
+labels: {horizon_events: 50, default: false}
+"""
+
+
+def batches():
+    """Phishing in batches of 100: every third event labelled inline, the others labelled on
+    the labels topic 5 events later (some never), and records the models refuse."""
+    items = []
+    for i, e in enumerate(itertools.islice(dataset_events("Phishing"), 900)):
+        inline = e.label if i % 3 == 0 else None
+        items.append((EVENT, e.event_id, e.entity, e.ts, dict(e.data), inline))
+        if i % 3 and i % 7:
+            items.append((LABEL, e.event_id, e.label))  # joined when its event has come
+        if i == 400:
+            items.append((EVENT, "bad-x", "u", 1.0, {"x": "not a number"}, True))
+            items.append((LABEL, "e-late", 0.5))  # a label the task cannot take
+    return [items[i : i + 100] for i in range(0, len(items), 100)]
+
+
+def run(worker):
+    core = LearnerCore.from_spec(parse_spec(SPEC, "w"))
+    worker.load(core)
+    got = []
+    try:
+        for n, batch in enumerate(batches()):
+            worker.submit(batch, [n] * len(batch))
+            got.extend(worker.results(block=False))
+        got.extend(worker.results(block=True))
+        return got, worker.snapshot(), worker.status()
+    finally:
+        worker.close()
+
+
+def test_a_model_process_gives_exactly_what_the_inline_worker_gives():
+    inline, inline_core, inline_status = run(InlineWorker())
+    process, process_core, process_status = run(ProcessWorker("WARNING", "text"))
+    assert [m for m, _, _ in process] == [m for m, _, _ in inline]  # every batch, in order
+    assert process == inline  # scores, joined pairs, failures: equal
+    failures = [r for _, _, results in inline for r in results if r[0] == FAILED]
+    assert [r[1] for r in failures] == ["model_error", "bad_label"]
+    assert process_status == inline_status == core_status(inline_core)
+    assert inline_status["labels_learned"] > 600
+    for name in ("logreg", "vw"):
+        assert fingerprint(process_core.models[name]) == fingerprint(inline_core.models[name])
+    assert process_core.pending.keys() == inline_core.pending.keys()
+
+
+def test_a_dead_model_process_is_reported():
+    worker = ProcessWorker("WARNING", "text")
+    worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+    os.kill(worker.pid, signal.SIGKILL)
+
+    def submit_and_wait():
+        worker.submit(batches()[0], [0])  # raises here or when the results are awaited
+        return list(worker.results(block=True))
+
+    with pytest.raises(WorkerError, match=r"model process died \(exit code -9\)"):
+        submit_and_wait()
+    worker.close()
+
+
+def test_calls_wait_for_the_batches_in_flight():
+    worker = ProcessWorker("WARNING", "text")
+    try:
+        worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+        worker.submit(batches()[0], [0])
+        with pytest.raises(WorkerError, match="in flight"):
+            worker.snapshot()
+        assert [m for m, _, _ in worker.results(block=True)] == [[0]]
+        assert worker.snapshot().events_seen == 100 - sum(1 for i in batches()[0] if i[0])
+    finally:
+        worker.close()
+
+
+def test_the_channel_never_deadlocks_when_both_sides_send_more_than_a_buffer():
+    ours, theirs = socket.socketpair()
+    big = os.urandom(8 << 20)  # far beyond the socket's buffer, both ways
+    channel = Channel(ours)
+    received = []
+
+    def other_side():
+        send_frame(theirs, big[::-1])  # blocks until we read, while we are still sending
+        received.append(recv_frame(theirs))
+
+    thread = threading.Thread(target=other_side)
+    thread.start()
+    channel.send(big)  # does not block: what the socket cannot take waits in a backlog
+    msg = None
+    while msg is None:
+        msg = channel.receive(1.0)
+    for _ in range(200):  # the backlog is written while this side sends or receives
+        if not thread.is_alive():
+            break
+        assert channel.receive(0.05) is None
+    thread.join(1)
+    assert msg == big[::-1]
+    assert received == [big]
+    theirs.close()
+    with pytest.raises(ChannelClosedError):
+        channel.receive(1.0)
+    channel.close()
