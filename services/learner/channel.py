@@ -15,7 +15,8 @@ import socket
 import struct
 from collections import deque
 
-_HEADER = struct.Struct("!I")
+_HEADER = struct.Struct("!Q")
+_BUFFER = 4 << 20  # per direction (Linux caps it at net.core.wmem_max / rmem_max)
 _CHUNK = 1 << 20
 
 
@@ -28,6 +29,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        widen(sock)
         self._sock = sock
         self._out: deque[memoryview] = deque()
         self._in = bytearray()
@@ -85,11 +87,13 @@ class Channel:
         msg = self._frame()
         if msg is not None:
             return msg
-        self._flush()
+        # Read before writing: a side that failed sends its error, then closes, and a write
+        # would report only the broken pipe.
         while self._read():
             msg = self._frame()
             if msg is not None:
                 return msg
+        self._flush()
         if timeout <= 0:
             return None
         writers = [self._sock] if self._out else []
@@ -105,6 +109,12 @@ class Channel:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def widen(sock: socket.socket) -> None:
+    """Room for a few batches each way, so a large one needs fewer turns to get across."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
 
 
 def send_frame(sock: socket.socket, msg: bytes) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import socket
 import sys
 
+from services.learner.channel import widen
 from services.learner.worker import worker_main
 
 if __name__ == "__main__":
-    worker_main(socket.socket(fileno=int(sys.argv[1])), sys.argv[2], sys.argv[3])
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    widen(sock)
+    worker_main(sock, sys.argv[2], sys.argv[3])

@@ -254,6 +254,7 @@ class LearnerService:
             self.settings.checkpoint_every_records,
             self.settings.checkpoint_interval_s,
         )
+        self.worker.wait = self._keep_lease
         self.role = "active"
         self._status_at = 0.0
         log.info(
@@ -296,6 +297,7 @@ class LearnerService:
     def checkpoint(self, reason: str) -> int:
         """Every submitted record's outputs produced, then the worker's state persisted."""
         assert self.checkpointer is not None
+        started = time.perf_counter()
         self.publish(block=True)
         worker = self._worker()
         snapshot = worker.snapshot()
@@ -303,6 +305,8 @@ class LearnerService:
         self.state.core = snapshot
         version = self.checkpointer.checkpoint(self.state, reason)
         worker.set_version(version)
+        # the whole pause: waiting for the batches in flight and the snapshot too
+        self.checkpointer.last_seconds = time.perf_counter() - started
         return version
 
     def apply_rollback(self, request: dict[str, Any]) -> None:
@@ -499,7 +503,7 @@ class LearnerService:
             # a Rejected record goes with the batch too, so dead letters stay in input order
             metas.append(record)
         if metas:
-            self._worker().submit(items, metas)
+            self._worker().submit(items, metas, self._keep_lease)
         if applied:
             assert self.checkpointer is not None
             self.checkpointer.records_since += applied
@@ -536,37 +540,60 @@ class LearnerService:
                 self.dead_letter(record, record.item.reason, record.item.message)
                 continue
             kind, first, joined = next(each)
-            lineage = record.lineage
-            if kind == SCORED:
-                event = record.item
-                assert isinstance(event, Event)
-                event_id, entity, ts = event.event_id, event.entity, event.ts
-                key = entity.encode()
-                for name, (pred, proba) in zip(names, first, strict=True):
-                    # positional: the field order of prediction/v1 (a Struct encodes as its
-                    # to_wire())
-                    p = Prediction(
-                        event_id, entity, ts, pipeline, name, version, task, pred, proba, lineage
-                    )
-                    predictions((encode(p), key))
-                scored += 1
-                if event.label is not None:
-                    inline += 1
-                    joined = [
-                        (event_id, entity, ts, version, first, event.label, "inline", 0),
-                        *joined,
-                    ]
-            elif kind == FAILED:
+            if kind == FAILED:
                 self.dead_letter(record, first, joined)
                 continue
+            lineage = record.lineage
+            kept = len(self._predictions), len(self._outcomes)
+            try:
+                if kind == SCORED:
+                    event = record.item
+                    assert isinstance(event, Event)
+                    event_id, entity, ts = event.event_id, event.entity, event.ts
+                    key = entity.encode()
+                    for name, (pred, proba) in zip(names, first, strict=True):
+                        # positional: the field order of prediction/v1 (a Struct encodes as
+                        # its to_wire())
+                        p = Prediction(
+                            event_id,
+                            entity,
+                            ts,
+                            pipeline,
+                            name,
+                            version,
+                            task,
+                            pred,
+                            proba,
+                            lineage,
+                        )
+                        predictions((encode(p), key))
+                    if event.label is not None:
+                        joined = [
+                            (event_id, entity, ts, version, first, event.label, "inline", 0),
+                            *joined,
+                        ]
+                for j in joined:
+                    update_metrics(plan, j[5], j[4])
+                    for o in outcomes(j, names, pipeline, task, lineage):
+                        outcomes_out((encode(o), o.entity.encode()))
+            except (MemoryError, RecursionError):
+                raise
+            except Exception as exc:
+                # A prediction that cannot be written (a model returning an object msgpack
+                # cannot take, a metric refusing it): that record's outputs go, it is
+                # dead-lettered, the stream goes on.
+                del self._predictions[kept[0] :], self._outcomes[kept[1] :]
+                log.exception("record not published", extra={"fields": {"offset": lineage.offset}})
+                self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if kind == SCORED:
+                scored += 1
+                if record.item.label is not None:
+                    inline += 1
             else:
                 self._tally[("records", f"label_{first}")] += 1
                 if first == "joined":
                     self._tally[("labels", "")] += 1
-            for j in joined:
-                update_metrics(plan, j[5], j[4])
-                for o in outcomes(j, names, pipeline, task, lineage):
-                    outcomes_out((encode(o), o.entity.encode()))
         self.events_seen += scored
         self._scored += scored
         self._inline_labels += inline

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
 from services.learner.core import LearnerCore
+from shared.checkpoint.codec import deep_recursion
 from shared.logs import configure_logging
 from shared.messages import MessageError
 from shared.models import ModelAdapter
@@ -50,6 +51,7 @@ Result = tuple[Any, ...]
 Batch = tuple[list[Any], int, list[Result]]  # (the caller's metas, model version, results)
 
 MAX_IN_FLIGHT = 4  # batches submitted to the model process and not yet read back
+CHUNK = 1000  # records the in-thread worker scores between two `wait` calls
 
 
 class WorkerError(RuntimeError):
@@ -96,8 +98,12 @@ def core_status(core: LearnerCore) -> dict[str, Any]:
 
 
 class ModelWorker(Protocol):
+    wait: Callable[[], None]  # called while a call waits on the model side (lease renewal)
+
     def load(self, core: LearnerCore) -> None: ...
-    def submit(self, items: list[Item], metas: list[Any]) -> None: ...
+    def submit(
+        self, items: list[Item], metas: list[Any], wait: Callable[[], None] = ...
+    ) -> None: ...
     def results(self, block: bool, wait: Callable[[], None] = ...) -> Iterator[Batch]: ...
     def snapshot(self) -> LearnerCore: ...
     def set_version(self, version: int) -> None: ...
@@ -118,6 +124,7 @@ class InlineWorker:
     def __init__(self) -> None:
         self.core: LearnerCore | None = None
         self._done: deque[Batch] = deque()
+        self.wait: Callable[[], None] = _idle
 
     def _core(self) -> LearnerCore:
         if self.core is None:
@@ -128,8 +135,15 @@ class InlineWorker:
         core.track_metrics = False  # the service keeps them, from the results
         self.core = core
 
-    def submit(self, items: list[Item], metas: list[Any]) -> None:
-        self._done.append((metas, *serve_batch(self._core(), items)))
+    def submit(self, items: list[Item], metas: list[Any], wait: Callable[[], None] = _idle) -> None:
+        """Scores at once, calling `wait` every CHUNK records (the service renews its lease
+        there: a long release of a slow model must not let it lapse)."""
+        core = self._core()
+        version, results = serve_batch(core, items[:CHUNK])
+        for start in range(CHUNK, len(items), CHUNK):
+            wait()
+            results += serve_batch(core, items[start : start + CHUNK])[1]
+        self._done.append((metas, version, results))
 
     def results(self, block: bool, wait: Callable[[], None] = _idle) -> Iterator[Batch]:
         while self._done:
@@ -191,9 +205,13 @@ class ProcessWorker:
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                # Not in the terminal's process group: Ctrl-C or a closed terminal reach the
+                # learner, which checkpoints, then stops this child (even mid-start-up).
+                start_new_session=True,
             )
         self._channel = Channel(ours)
         self._in_flight: deque[list[Any]] = deque()
+        self.wait: Callable[[], None] = _idle  # called while a control call waits
 
     @property
     def pid(self) -> int:
@@ -227,17 +245,20 @@ class ProcessWorker:
     def _call(self, name: str, *args: Any) -> Any:
         if self._in_flight:
             raise WorkerError(f"{name} called with batches in flight (read their results first)")
-        self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
-        while (msg := self._receive(1.0)) is None:
+        with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
+            self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
+        while (msg := self._receive(0.5)) is None:
             if self._process.poll() is not None:
                 raise self._died(ChannelClosedError("no reply"))
-        return pickle.loads(memoryview(msg)[1:])
+            self.wait()  # a large state takes a while to ship: the lease must not lapse
+        with deep_recursion():
+            return pickle.loads(memoryview(msg)[1:])
 
     def load(self, core: LearnerCore) -> None:
         self._call("load", core)
 
-    def submit(self, items: list[Item], metas: list[Any]) -> None:
-        self._send(_pack(items))
+    def submit(self, items: list[Item], metas: list[Any], wait: Callable[[], None] = _idle) -> None:
+        self._send(_pack(items))  # never blocks: the model process does the waiting
         self._in_flight.append(metas)
 
     def results(self, block: bool, wait: Callable[[], None] = _idle) -> Iterator[Batch]:
@@ -294,8 +315,8 @@ class ProcessWorker:
 
 def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
     """The model process: serve batches and calls until told to stop or the service goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us after checkpointing
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, signal.SIG_IGN)  # the service stops us after checkpointing
     configure_logging(log_level, log_format)
     core: LearnerCore | None = None
     try:
@@ -310,7 +331,8 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
                     raise WorkerError("a batch came before any state was loaded")
                 send_frame(sock, _pack(serve_batch(core, _unpack(msg))))
                 continue
-            name, args = pickle.loads(memoryview(msg)[1:])
+            with deep_recursion():
+                name, args = pickle.loads(memoryview(msg)[1:])
             if name == "stop":
                 return
             if name == "load":
@@ -331,7 +353,9 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
                 reply = None
             else:
                 raise WorkerError(f"unknown call {name!r}")
-            send_frame(sock, _REPLY + pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+            with deep_recursion():
+                reply_bytes = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+            send_frame(sock, _REPLY + reply_bytes)
     except (BrokenPipeError, ConnectionResetError):
         return  # the service is gone
     except BaseException:

@@ -40,7 +40,7 @@ _INCOMPATIBLE = (
 
 
 @contextmanager
-def _deep_recursion() -> Iterator[None]:
+def deep_recursion() -> Iterator[None]:
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, DEEP_RECURSION))
     try:
@@ -50,7 +50,7 @@ def _deep_recursion() -> Iterator[None]:
 
 
 def dumps(state: Any) -> bytes:
-    with _deep_recursion():
+    with deep_recursion():
         return pickle.dumps(state, protocol=5)
 
 
@@ -65,7 +65,7 @@ def loads(blob: bytes, mac: bytes, key: bytes, *, what: str = "checkpoint") -> A
             f"{what} failed HMAC verification (tampered, or written with another "
             "HEADWATER_CHECKPOINT_KEY); refusing to load it"
         )
-    with _deep_recursion():
+    with deep_recursion():
         try:
             return pickle.loads(blob)
         except _INCOMPATIBLE as exc:

@@ -134,3 +134,17 @@ def test_the_channel_never_deadlocks_when_both_sides_send_more_than_a_buffer():
     with pytest.raises(ChannelClosedError):
         channel.receive(1.0)
     channel.close()
+
+
+def test_the_inline_worker_renews_between_chunks_of_a_long_release():
+    items = [item for batch in batches() for item in batch]
+    calls = []
+    chunked, whole = InlineWorker(), InlineWorker()
+    chunked.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+    whole.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+    chunked.submit(items, ["all"], lambda: calls.append(1))
+    for n, batch in enumerate(batches()):
+        whole.submit(batch, [n])
+    assert len(calls) == (len(items) - 1) // 1000  # between chunks of 1,000 records
+    ((_, _, results),) = chunked.results(block=True)
+    assert results == [r for _, _, rs in whole.results(block=True) for r in rs]
