@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from river import utils
@@ -43,6 +44,7 @@ class Pending:
 
 
 MetricUpdate = tuple[Callable[[Any, Any], Any], bool]  # (metric.update, wants the proba map)
+MetricPlan = tuple[tuple[MetricUpdate, ...], ...]  # per model, in the spec's order
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,6 @@ class Step:
     name: str
     predict: Callable[[Mapping[str, Any]], tuple[Any, Any]]
     learn: Callable[[Mapping[str, Any], Any], None]
-    metrics: tuple[MetricUpdate, ...]
 
 
 @dataclass
@@ -79,6 +80,7 @@ class LearnerCore:
     outbox: list[Outcome] = field(default_factory=list)
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
     _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _metric_plan: MetricPlan = field(default=(), init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -97,14 +99,9 @@ class LearnerCore:
             for name in self.models:
                 self.learned.setdefault(name, 0)
             plan = self._plan = tuple(
-                Step(
-                    name,
-                    model.predict,
-                    model.learn,
-                    tuple((m.update, wants_proba(m)) for m in self.metrics[name]),
-                )
-                for name, model in self.models.items()
+                Step(name, model.predict, model.learn) for name, model in self.models.items()
             )
+            self._metric_plan = metric_plan(self.metrics)
         return plan
 
     @property
@@ -191,9 +188,7 @@ class LearnerCore:
         self.outbox.clear()
         if event.label is not None:
             check_label(event.label, self.task)
-        x: Any = features(event.data)
-        if self.vw_text:
-            x = features_text(x)
+        x = model_input(event.data, self.vw_text)
         scores, joined = self.score(event.event_id, event.entity, event.ts, x, event.label)
         if event.label is not None:
             inline = (event.event_id, event.entity, event.ts, self.model_version, scores)
@@ -240,7 +235,7 @@ class LearnerCore:
         """Score the predictions made before, learn once on the frozen features."""
         learned = self.learned
         if self.track_metrics:
-            update_metrics(tuple(step.metrics for step in plan), label, scores)
+            update_metrics(self._metric_plan, label, scores)
         for step in plan:
             step.learn(x, label)
             learned[step.name] += 1
@@ -253,9 +248,6 @@ class LearnerCore:
 def metric_values(metrics: Mapping[str, list[Any]]) -> dict[str, dict[str, float]]:
     """Per model: prequential metrics over the whole stream and over the rolling window."""
     return {model: {metric_name(m): float(m.get()) for m in ms} for model, ms in metrics.items()}
-
-
-MetricPlan = tuple[tuple[MetricUpdate, ...], ...]  # per model, in the spec's order
 
 
 def metric_plan(metrics: Mapping[str, list[Any]]) -> MetricPlan:
@@ -282,6 +274,23 @@ def features(data: Mapping[str, Any]) -> dict[str, Any]:
     if type(data) is dict and None not in data.values():
         return data  # the commonest case, without a copy (events are never changed)
     return {k: v for k, v in data.items() if v is not None}
+
+
+def model_input(data: Mapping[str, Any], vw_text: bool) -> Any:
+    """What the models get for an event's data: the features without nulls, as VW's text
+    when every model is VW (see `LearnerCore.vw_text`), else as a dict whose names are
+    interned."""
+    x = features(data)
+    if vw_text:
+        return features_text(x)
+    # Interned names are the models' own dict keys (lookups by identity, about a microsecond
+    # a record), and marshal carries the interning to a model process. msgspec hands out
+    # the same key objects record after record, so this interns each name in place once; a
+    # name interned elsewhere before (a literal in some module) needs the dict rebuilt.
+    for name in x:
+        if intern(name) is not name:
+            return {intern(k): v for k, v in x.items()}
+    return x
 
 
 def wants_proba(metric: Any) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from services.learner.checkpointing import Checkpointer, FencedError, LearnerSta
 from services.learner.core import (
     LearnerCore,
     MetricPlan,
-    features,
     metric_plan,
     metric_values,
+    model_input,
     update_metrics,
 )
 from services.learner.outputs import outcomes
@@ -62,7 +61,6 @@ from shared.messages import (
 )
 from shared.messages.fast_event import fast_valid_event
 from shared.metrics import ServiceMetrics
-from shared.models.vw_model import features_text
 from shared.ordering import OrderedMerge, OrderKey
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -456,7 +454,6 @@ class LearnerService:
         offsets = self.state.offsets
         hwm = self.state.source_hwm
         task, vw_text = self._task, self._vw_text
-        intern = sys.intern
         items: list[Item] = []
         metas: list[Buffered] = []
         applied = 0
@@ -484,19 +481,7 @@ class LearnerService:
                         )
                         metas.append(record)
                         continue
-                x: Any = features(item.data)
-                if vw_text:
-                    x = features_text(x)  # VW's own text, formatted on this core
-                else:
-                    # Interned keys are the model's own dict keys (lookups by identity, about
-                    # a microsecond a record); marshal carries the interning to a model
-                    # process. msgspec hands out the same key objects record after record,
-                    # so this interns each name in place once; a name interned elsewhere
-                    # before (a literal in some module) needs the dict rebuilt.
-                    for name in x:
-                        if intern(name) is not name:
-                            x = {intern(k): v for k, v in x.items()}
-                            break
+                x = model_input(item.data, vw_text)  # on this core, not the model process's
                 items.append((EVENT, item.event_id, item.entity, item.ts, x, label))
             elif isinstance(item, Label):
                 items.append((LABEL, item.event_id, item.label))
