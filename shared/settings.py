@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         description="Run the learner's models in a process of their own, on a second core "
         "(false: in the service's thread).",
     )
+    learner_model_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="The learner stops when its model process answers nothing for this long "
+        "while it waits (a hung model): it is killed and the standby takes over.",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."
     )

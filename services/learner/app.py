@@ -57,7 +57,10 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
         # still writing the other topic, and then fetch timing would decide the order.
         OrderedMerge(settings.merge_idle_ms / 1000),
         lambda: start_worker(
-            settings.learner_model_process, settings.log_level, settings.log_format
+            settings.learner_model_process,
+            settings.log_level,
+            settings.log_format,
+            settings.learner_model_timeout_s,
         ),
     )
 

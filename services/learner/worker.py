@@ -189,7 +189,10 @@ def _unpack(msg: bytes) -> Any:
 class ProcessWorker:
     """The models in a child process (see the module's docstring)."""
 
-    def __init__(self, log_level: str = "INFO", log_format: str = "json") -> None:
+    def __init__(
+        self, log_level: str = "INFO", log_format: str = "json", timeout_s: float = 300.0
+    ) -> None:
+        self.timeout_s = timeout_s
         # A fresh interpreter, not a fork (the service has Kafka threads) and not
         # multiprocessing's spawn (it re-runs the caller's main module in the child).
         ours, theirs = socket.socketpair()
@@ -227,6 +230,29 @@ class ProcessWorker:
             "resumes from its last checkpoint when restarted"
         )
 
+    def _hung(self) -> WorkerError:
+        """A model process that answers nothing for `timeout_s` while the service waits
+        is hung (a model stuck in a loop, a stopped process): it is killed, so the service
+        stops and releases its lease instead of renewing it forever while the standby
+        waits."""
+        self._process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        return WorkerError(
+            f"the model process answered nothing for {self.timeout_s:g} s "
+            "(HEADWATER_LEARNER_MODEL_TIMEOUT_S) and was killed; the learner stops and "
+            "resumes from its last checkpoint when restarted"
+        )
+
+    def _waited(self, since: float, wait: Callable[[], None]) -> None:
+        """While the service waits on the model process: dead, hung, or still going (then
+        `wait` runs: the service renews its lease there)."""
+        if self._process.poll() is not None:
+            raise self._died(ChannelClosedError("no reply"))
+        if time.monotonic() - since > self.timeout_s:
+            raise self._hung()
+        wait()
+
     def _receive(self, timeout: float) -> bytes | None:
         try:
             msg = self._channel.receive(timeout)
@@ -247,10 +273,9 @@ class ProcessWorker:
             raise WorkerError(f"{name} called with batches in flight (read their results first)")
         with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
             self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
-        while (msg := self._receive(0.5)) is None:
-            if self._process.poll() is not None:
-                raise self._died(ChannelClosedError("no reply"))
-            self.wait()  # a large state takes a while to ship: the lease must not lapse
+        since = time.monotonic()
+        while (msg := self._receive(min(0.5, self.timeout_s))) is None:
+            self._waited(since, self.wait)  # a large state takes a while to ship
         with deep_recursion():
             return pickle.loads(memoryview(msg)[1:])
 
@@ -265,16 +290,16 @@ class ProcessWorker:
         """Batches whose results are back, oldest first: those ready now, every one if
         `block`, and always enough to leave at most MAX_IN_FLIGHT in flight. `wait` runs
         while blocked, about every half second (the service renews its lease there)."""
+        since = time.monotonic()
         while self._in_flight:
             must = block or len(self._in_flight) > MAX_IN_FLIGHT
-            msg = self._receive(0.5 if must else 0)
+            msg = self._receive(min(0.5, self.timeout_s) if must else 0)
             if msg is None:
                 if not must:
                     return
-                if self._process.poll() is not None:
-                    raise self._died(ChannelClosedError("no results"))
-                wait()
+                self._waited(since, wait)
                 continue
+            since = time.monotonic()
             version, results = _unpack(msg)
             yield self._in_flight.popleft(), version, results
 
@@ -366,10 +391,12 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
         sock.close()
 
 
-def start_worker(own_process: bool, log_level: str, log_format: str) -> ModelWorker:
+def start_worker(
+    own_process: bool, log_level: str, log_format: str, timeout_s: float = 300.0
+) -> ModelWorker:
     """A model process, or the service's own thread (`learner_model_process` setting)."""
     if not own_process:
         return InlineWorker()
-    worker = ProcessWorker(log_level, log_format)
+    worker = ProcessWorker(log_level, log_format, timeout_s)
     log.info("model process started", extra={"fields": {"pid": worker.pid}})
     return worker

@@ -94,6 +94,29 @@ def test_a_dead_model_process_is_reported():
     worker.close()
 
 
+@pytest.mark.parametrize("waiting_in", ["results", "call"])
+def test_a_hung_model_process_is_killed_and_reported(waiting_in):
+    """Stopped (as a model stuck in a loop would be): the service's wait ends after the
+    timeout, with the child killed, instead of renewing its lease forever."""
+    worker = ProcessWorker("WARNING", "text")
+    renewals = []
+    worker.wait = lambda: renewals.append(1)
+    try:
+        worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))  # start-up takes seconds
+        worker.timeout_s = 1.0
+        os.kill(worker.pid, signal.SIGSTOP)
+        with pytest.raises(WorkerError, match=r"answered nothing for 1 s .* was killed"):
+            if waiting_in == "results":
+                worker.submit(batches()[0], [0])
+                list(worker.results(block=True, wait=worker.wait))
+            else:
+                worker.status()
+        assert worker._process.poll() == -signal.SIGKILL
+        assert renewals  # the lease was renewed while it was still only slow
+    finally:
+        worker.close()
+
+
 def test_calls_wait_for_the_batches_in_flight():
     worker = ProcessWorker("WARNING", "text")
     try:
