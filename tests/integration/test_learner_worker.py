@@ -105,12 +105,15 @@ def test_a_hung_model_process_is_killed_and_reported(waiting_in):
         worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))  # start-up takes seconds
         worker.timeout_s = 1.0
         os.kill(worker.pid, signal.SIGSTOP)
-        with pytest.raises(WorkerError, match=r"answered nothing for 1 s .* was killed"):
+
+        def wait_on_it():
             if waiting_in == "results":
                 worker.submit(batches()[0], [0])
-                list(worker.results(block=True, wait=worker.wait))
-            else:
-                worker.status()
+                return list(worker.results(block=True, wait=worker.wait))
+            return worker.status()
+
+        with pytest.raises(WorkerError, match=r"answered nothing for 1 s .* was killed"):
+            wait_on_it()
         assert worker._process.poll() == -signal.SIGKILL
         assert renewals  # the lease was renewed while it was still only slow
     finally:
