@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import vowpal_wabbit_next as vw
 
+from services.bench.cpu import CpuMeter
 from services.bench.timing import timed_rate
 from services.learner.app import build_learner
 from services.replay.datasets import dataset_events
@@ -57,6 +60,11 @@ class LearnerBench:
     vw_events_per_s: float
     vw_inprocess_events_per_s: float
     ratio_vw: float
+    # CPU µs per event of each process while the service ran (None where unknown): the
+    # learner's (its thread and the Kafka client's), its model process's, the broker's;
+    # and the in-process loop's, for scale.
+    river_cpu_us_per_event: dict[str, float | None]
+    vw_cpu_us_per_event: dict[str, float | None]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +103,9 @@ def inprocess_vw(events: list[Event]) -> float:
 
 def service_rate(
     spec: PipelineSpec, events: list[Event], say: Callable[[str], None], timeout: float = 600
-) -> float:
-    """Events/s of the learner service on a pre-loaded topic, from first to last record."""
+) -> tuple[float, dict[str, float | None]]:
+    """Events/s of the learner service on a pre-loaded topic, and the CPU µs per event of
+    each process meanwhile."""
     topics = TopicNames()
     with LocalStack(pipeline_topics(topics, 1)) as stack:
         producer = SafeProducer(stack.bootstrap)
@@ -111,14 +120,36 @@ def service_rate(
         )
         service = build_learner(settings, spec)
         events_seen = functools.partial(operator.attrgetter("events_seen"), service)
+        broker = stack.broker.proc.pid if stack.broker is not None else None
+        learner = weakref.ref(service)  # the service must go before the stack does
+        meter = CpuMeter(
+            lambda: {
+                "learner": os.getpid(),
+                "model_process": getattr(getattr(learner(), "worker", None), "pid", None),
+                "broker": broker,
+            }
+        )
         # The first quarter is warm-up: the ordered merge waits merge_idle_ms for the
         # empty labels topic, then the consumer refetches after that wait's backpressure
         # pause; the steady state comes after.
         rate = timed_rate(
-            service.run, events_seen, service.producer, len(events), timeout, len(events) // 4
+            service.run,
+            events_seen,
+            service.producer,
+            len(events),
+            timeout,
+            len(events) // 4,
+            meter,
         )
         del service  # its clients go before the stack does
-    return rate
+    return rate, meter.per_event_us
+
+
+def _cpu_line(cpu: dict[str, float | None], inprocess_rate: float) -> str:
+    known = ", ".join(
+        f"{name.replace('_', ' ')} {us:.1f}" for name, us in cpu.items() if us is not None
+    )
+    return f"  CPU µs/event: {known or 'unknown here'} (loop {1e6 / inprocess_rate:.1f})"
 
 
 def run_learner_bench(
@@ -129,13 +160,15 @@ def run_learner_bench(
     say(f"River StandardScaler | LogisticRegression on {dataset}, {n} events")
     river_inprocess = inprocess_river(river_spec, events)
     say(f"  in-process River loop: {river_inprocess:,.0f} events/s")
-    river_service = service_rate(river_spec, events, say)
+    river_service, river_cpu = service_rate(river_spec, events, say)
     say(f"  learner service:       {river_service:,.0f} events/s")
+    say(_cpu_line(river_cpu, river_inprocess))
     say(f"Vowpal Wabbit (logistic) on {dataset}, {n} events")
     vw_inprocess = inprocess_vw(events)
     say(f"  in-process VW loop:    {vw_inprocess:,.0f} events/s")
-    vw_service = service_rate(parse_spec(VW_SPEC, "bench"), events, say)
+    vw_service, vw_cpu = service_rate(parse_spec(VW_SPEC, "bench"), events, say)
     say(f"  learner service:       {vw_service:,.0f} events/s")
+    say(_cpu_line(vw_cpu, vw_inprocess))
     return LearnerBench(
         dataset,
         n,
@@ -145,4 +178,6 @@ def run_learner_bench(
         vw_service,
         vw_inprocess,
         vw_service / vw_inprocess,
+        river_cpu,
+        vw_cpu,
     )

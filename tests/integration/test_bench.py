@@ -12,6 +12,10 @@ def test_bench_learner_json_reports_each_loop_and_its_ratio():
         assert figures[f"{kind}_inprocess_events_per_s"] > 0
         expected = figures[f"{kind}_events_per_s"] / figures[f"{kind}_inprocess_events_per_s"]
         assert figures[f"ratio_{kind}"] == expected
+        cpu = figures[f"{kind}_cpu_us_per_event"]
+        assert set(cpu) == {"learner", "model_process", "broker"}
+        assert all(us >= 0 for us in cpu.values())  # read from /proc (Linux)
+        assert sum(cpu.values()) > 0
     assert figures["events"] == 2000
 
 
