@@ -137,6 +137,7 @@ class LearnerService:
         status_interval_s: float = 1.0,
     ) -> None:
         self.state = LearnerState(fresh)
+        self._fresh = fresh  # the spec's models, unfed: small
         self._start_worker = start_worker
         self.worker: ModelWorker | None = None
         # What records are built from: fixed by the spec, checked on every restore.
@@ -177,8 +178,9 @@ class LearnerService:
 
     @property
     def core(self) -> LearnerCore:
-        """The state as of the last restore or checkpoint (with a model process, the live
-        one is there)."""
+        """The state as of the last restore or checkpoint; with a model process, where the
+        live state is, only the spec's fresh models once the restored or checkpointed copy
+        has gone to it or to Redis (a copy of the models here would double the memory)."""
         return self.state.core
 
     def _worker(self) -> ModelWorker:
@@ -232,6 +234,8 @@ class LearnerService:
         self._vw_text = core.vw_text
         self.worker.load(core)
         self.events_seen = core.events_seen
+        if self.worker.apart:
+            self.state.core = self._fresh
         # What exists now (imports, clients, the restored state) lives as long as the
         # service: kept out of the collector's full passes, which otherwise stall this
         # thread ~50 ms every few tens of thousands of records (and the model process
@@ -303,6 +307,8 @@ class LearnerService:
         self.state.core = snapshot
         version = self.checkpointer.checkpoint(self.state, reason)
         worker.set_version(version)
+        if worker.apart:
+            self.state.core = self._fresh  # persisted; the live state is in the model process
         # the whole pause: waiting for the batches in flight and the snapshot too
         self.checkpointer.last_seconds = time.perf_counter() - started
         return version

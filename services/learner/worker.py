@@ -99,6 +99,9 @@ def core_status(core: LearnerCore) -> dict[str, Any]:
 
 class ModelWorker(Protocol):
     wait: Callable[[], None]  # called while a call waits on the model side (lease renewal)
+    # The live state is in another process: a snapshot is a copy, which the service need
+    # not keep once persisted.
+    apart: bool
 
     def load(self, core: LearnerCore) -> None: ...
     def submit(
@@ -120,6 +123,8 @@ def _idle() -> None:
 
 class InlineWorker:
     """The models in the caller's thread: `submit` scores at once."""
+
+    apart = False
 
     def __init__(self) -> None:
         self.core: LearnerCore | None = None
@@ -188,6 +193,8 @@ def _unpack(msg: bytes) -> Any:
 
 class ProcessWorker:
     """The models in a child process (see the module's docstring)."""
+
+    apart = True
 
     def __init__(
         self, log_level: str = "INFO", log_format: str = "json", timeout_s: float = 300.0

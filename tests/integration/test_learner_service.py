@@ -1,3 +1,4 @@
+import itertools
 import json
 import time
 
@@ -6,10 +7,11 @@ import psutil
 import pytest
 from river import metrics
 
-from services.learner.app import run_learner
+from services.learner.app import build_learner, run_learner
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
+from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.messages import Prediction
@@ -74,6 +76,30 @@ def test_phishing_through_kafka_scores_like_river(
     assert status["labels_learned"] == "1250"
     assert status["pending"] == "0"
     assert f"{float(status['metric:logreg:Accuracy']):.2%}" == expected
+
+
+@pytest.mark.parametrize("model_process", [True, False])
+def test_with_a_model_process_the_learner_keeps_no_copy_of_the_models(
+    settings, tmp_path, model_process
+):
+    """The live models are in the model process and the last checkpoint in Redis; the
+    learner itself holds only the spec's fresh ones (a copy would double the memory)."""
+    settings = settings.model_copy(update={"learner_model_process": model_process})
+    stream = tmp_path / "phishing.jsonl"
+    write_events(stream, itertools.islice(dataset_events("Phishing"), 300))
+    service = build_learner(settings, load_spec(SPEC))
+    learner = ThreadedService(service.run).start()
+    try:
+        replay_file(stream, SafeProducer(settings.kafka_bootstrap), settings.topics)
+        wait_for_status(settings.redis_url, "labels_learned", "300")
+    finally:
+        learner.join()
+    store = RedisStore(settings.redis_url)
+    checkpoints = CheckpointStore(store.client, "phishing", "learner", b"headwater-dev-key")
+    _, state = checkpoints.load()  # written on the way out
+    assert state.core.events_seen == 300
+    assert state.core.labels_learned == 300
+    assert service.core.events_seen == (0 if model_process else 300)
 
 
 def wait_for_status(redis_url: str, field: str, value: str, timeout: float = 30) -> None:
