@@ -150,8 +150,9 @@ class LearnerCore:
 
         `x` is `features(data)` (or its VW text, see `vw_text`) and the label passed
         `check_label`: the caller's side of a model process does both."""
-        plan = self.plan
-        scores = tuple([step.predict(x) for step in plan])
+        plan = self._plan or self.plan
+        # one model, the commonest pipeline: without the comprehension (a call of its own)
+        scores = (plan[0].predict(x),) if len(plan) == 1 else tuple([s.predict(x) for s in plan])
         self.events_seen += 1
         joined: list[Joined] = []
         early = self.early.pop(event_id, None) if self.early else None
