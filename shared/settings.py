@@ -78,10 +78,12 @@ class Settings(BaseSettings):
     )
     learner_model_timeout_s: float = Field(
         300.0,
-        gt=0,
+        ge=10,
         le=86_400,
-        description="The learner stops when its model process answers nothing for this long "
-        "while it waits (a hung model): it is killed and the standby takes over.",
+        description="The learner stops when its model process sends nothing for this long "
+        "while it waits on it (a hung model; it beats every second while it works): it is "
+        "killed and the standby takes over. Its start-up and each control call (restore, "
+        "snapshot) must also answer within it.",
     )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."

@@ -180,9 +180,10 @@ class LearnerService:
 
     @property
     def core(self) -> LearnerCore:
-        """The state as of the last restore or checkpoint; with a model process, where the
-        live state is, only the spec's fresh models once the restored or checkpointed copy
-        has gone to it or to Redis (a copy of the models here would double the memory)."""
+        """The state as of the last restore or checkpoint. With a model process, where the
+        live state is, it is the spec's core instead, its models never fed, once the
+        restored or checkpointed copy has gone there or to Redis (keeping that copy here
+        doubled the models' memory); read the live counters with `worker.status()`."""
         return self.state.core
 
     def _worker(self) -> ModelWorker:
@@ -238,6 +239,7 @@ class LearnerService:
         self.events_seen = core.events_seen
         if self.worker.apart:
             self.state.core = self._fresh
+        del core  # not frozen below: with a model process, this copy is to be freed
         # What exists now (imports, clients, the restored state) lives as long as the
         # service: kept out of the collector's full passes, which otherwise stall this
         # thread ~50 ms every few tens of thousands of records (and the model process
@@ -307,10 +309,12 @@ class LearnerService:
         snapshot = worker.snapshot()
         snapshot.metrics = self._metrics
         self.state.core = snapshot
-        version = self.checkpointer.checkpoint(self.state, reason)
-        worker.set_version(version)
-        if worker.apart:
-            self.state.core = self._fresh  # persisted; the live state is in the model process
+        try:
+            version = self.checkpointer.checkpoint(self.state, reason)
+            worker.set_version(version)
+        finally:
+            if worker.apart:  # persisted, or retried from a new snapshot: the live state is
+                self.state.core = self._fresh  # in the model process
         # the whole pause: waiting for the batches in flight and the snapshot too
         self.checkpointer.last_seconds = time.perf_counter() - started
         return version

@@ -18,6 +18,7 @@ after its final checkpoint) and exits when the service is gone (its pipe closes)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import marshal
 import pickle
@@ -52,6 +53,10 @@ Batch = tuple[list[Any], int, list[Result]]  # (the caller's metas, model versio
 
 MAX_IN_FLIGHT = 4  # batches submitted to the model process and not yet read back
 CHUNK = 1000  # records the in-thread worker scores between two `wait` calls
+# While a long batch is served, the model process says it is alive at least this often, in
+# between slices of BEAT_SLICE records: a slow model is not a hung one (`timeout_s`).
+BEAT_EVERY_S = 1.0
+BEAT_SLICE = 100
 
 
 class WorkerError(RuntimeError):
@@ -82,6 +87,23 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
             log.exception("model failed on a record", extra={"fields": {"event": item[1]}})
             append((FAILED, "model_error", f"{type(exc).__name__}: {exc}"))
     return version, out
+
+
+def serve_beating(
+    core: LearnerCore, items: list[Item], beat: Callable[[], None]
+) -> tuple[int, list[Result]]:
+    """`serve_batch`, calling `beat` at least every BEAT_EVERY_S while it works."""
+    if len(items) <= BEAT_SLICE:
+        return serve_batch(core, items)
+    version, results = serve_batch(core, items[:BEAT_SLICE])
+    last = time.monotonic()
+    for start in range(BEAT_SLICE, len(items), BEAT_SLICE):
+        now = time.monotonic()
+        if now - last >= BEAT_EVERY_S:
+            beat()
+            last = now
+        results += serve_batch(core, items[start : start + BEAT_SLICE])[1]
+    return version, results
 
 
 def core_status(core: LearnerCore) -> dict[str, Any]:
@@ -175,7 +197,7 @@ class InlineWorker:
 # Messages on the pipe start with a tag byte. Batches go as marshal (several times faster
 # than pickle for tuples of str, float and dict), falling back to pickle for a value marshal
 # cannot take; control calls and their replies go as pickle.
-_BATCH, _BATCH_PICKLED, _CALL, _REPLY, _ERROR = b"B", b"b", b"C", b"R", b"E"
+_BATCH, _BATCH_PICKLED, _CALL, _REPLY, _ERROR, _BEAT = b"B", b"b", b"C", b"R", b"E", b"H"
 
 
 def _pack(items: Any) -> bytes:
@@ -238,15 +260,16 @@ class ProcessWorker:
         )
 
     def _hung(self) -> WorkerError:
-        """A model process that answers nothing for `timeout_s` while the service waits
-        is hung (a model stuck in a loop, a stopped process): it is killed, so the service
+        """A model process that sends nothing for `timeout_s` while the service waits on
+        it (not a result, not a reply, not the beat it sends while serving a long batch)
+        is hung: a model stuck in a loop, a stopped process. It is killed, so the service
         stops and releases its lease instead of renewing it forever while the standby
         waits."""
         self._process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(5)
         return WorkerError(
-            f"the model process answered nothing for {self.timeout_s:g} s "
+            f"the model process sent nothing for {self.timeout_s:g} s "
             "(HEADWATER_LEARNER_MODEL_TIMEOUT_S) and was killed; the learner stops and "
             "resumes from its last checkpoint when restarted"
         )
@@ -307,8 +330,11 @@ class ProcessWorker:
                 self._waited(since, wait)
                 continue
             since = time.monotonic()
+            if msg[:1] == _BEAT:  # alive, still serving a long batch
+                continue
             version, results = _unpack(msg)
             yield self._in_flight.popleft(), version, results
+            since = time.monotonic()  # the caller's time with the results is not ours
 
     def snapshot(self) -> LearnerCore:
         core = self._call("snapshot")
@@ -361,7 +387,8 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             if tag != _CALL:
                 if core is None:
                     raise WorkerError("a batch came before any state was loaded")
-                send_frame(sock, _pack(serve_batch(core, _unpack(msg))))
+                beat = functools.partial(send_frame, sock, _BEAT)
+                send_frame(sock, _pack(serve_beating(core, _unpack(msg), beat)))
                 continue
             with deep_recursion():
                 name, args = pickle.loads(memoryview(msg)[1:])

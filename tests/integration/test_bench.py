@@ -4,7 +4,8 @@ from .conftest import headwater
 
 
 def test_bench_learner_json_reports_each_loop_and_its_ratio():
-    result = headwater("bench", "learner", "--json", "--events", "2000", timeout=300)
+    # enough events for the CPU figures (clock ticks of 10 ms) to count something
+    result = headwater("bench", "learner", "--json", "--events", "12000", timeout=300)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     for kind in ("river", "vw"):
@@ -14,9 +15,11 @@ def test_bench_learner_json_reports_each_loop_and_its_ratio():
         assert figures[f"ratio_{kind}"] == expected
         cpu = figures[f"{kind}_cpu_us_per_event"]
         assert set(cpu) == {"learner", "model_process", "broker"}
-        assert all(us >= 0 for us in cpu.values())  # read from /proc (Linux)
-        assert sum(cpu.values()) > 0
-    assert figures["events"] == 2000
+        known = [us for us in cpu.values() if us is not None]  # read from /proc (Linux)
+        assert len(known) >= 2  # the model process's is null when it is off
+        assert all(us >= 0 for us in known)
+        assert sum(known) > 0
+    assert figures["events"] == 12000
 
 
 def test_bench_features_json_reports_the_service_bytewax_and_faust():

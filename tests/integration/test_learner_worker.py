@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -112,10 +113,31 @@ def test_a_hung_model_process_is_killed_and_reported(waiting_in):
                 return list(worker.results(block=True, wait=worker.wait))
             return worker.status()
 
-        with pytest.raises(WorkerError, match=r"answered nothing for 1 s .* was killed"):
+        with pytest.raises(WorkerError, match=r"sent nothing for 1 s .* was killed"):
             wait_on_it()
         assert worker._process.poll() == -signal.SIGKILL
         assert renewals  # the lease was renewed while it was still only slow
+    finally:
+        worker.close()
+
+
+def test_a_long_batch_of_a_busy_model_process_is_not_taken_for_a_hang():
+    """The model process beats while it serves: a batch that takes longer than the timeout
+    comes back whole, the process alive."""
+    worker = ProcessWorker("WARNING", "text")
+    try:
+        worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+        worker.timeout_s = 2.0
+        events = itertools.islice(itertools.cycle(dataset_events("Phishing")), 120_000)
+        batch = [
+            (EVENT, f"e{i}", "u", float(i), dict(e.data), e.label) for i, e in enumerate(events)
+        ]
+        started = time.monotonic()
+        worker.submit(batch, ["big"])
+        (metas, _, results), *rest = worker.results(block=True)
+        assert time.monotonic() - started > worker.timeout_s  # longer than the timeout
+        assert (metas, len(results), rest) == (["big"], len(batch), [])
+        assert worker._process.poll() is None
     finally:
         worker.close()
 
