@@ -554,9 +554,10 @@ class LearnerService:
                     assert isinstance(event, WireEvent | Event)
                     event_id, entity, ts = event.event_id, event.entity, event.ts
                     key = entity.encode()
+                    label = event.label
                     for name, (pred, proba) in zip(names, first, strict=True):
-                        # positional: the field order of prediction/v1 (a Struct encodes as
-                        # its to_wire())
+                        # positional: the field order of prediction/v1 and outcome/v1 (a
+                        # Struct encodes as its to_wire())
                         p = Prediction(
                             event_id,
                             entity,
@@ -570,13 +571,10 @@ class LearnerService:
                             lineage,
                         )
                         predictions((encode(p), key))
-                    label = event.label
-                    if label is not None:
-                        # The inline pair comes first. Built here, as the predictions are,
-                        # not by `outputs.outcomes`: the call, its list and the pair's tuple
-                        # cost 8% of this thread's instructions.
-                        update_metrics(plan, label, first)
-                        for name, (pred, proba) in zip(names, first, strict=True):
+                        if label is not None:
+                            # The inline pair, built here as the prediction is, not by
+                            # `outputs.outcomes`: the call, its list and the pair's tuple
+                            # cost 8% of this thread's instructions.
                             o = Outcome(
                                 event_id,
                                 entity,
@@ -593,6 +591,8 @@ class LearnerService:
                                 lineage,
                             )
                             outcomes_out((encode(o), key))
+                    if label is not None:  # its metrics before the joined pairs' below
+                        update_metrics(plan, label, first)
                 for j in joined:
                     update_metrics(plan, j[5], j[4])
                     j_key = j[1].encode()
