@@ -89,21 +89,31 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
     return version, out
 
 
-def serve_beating(
-    core: LearnerCore, items: list[Item], beat: Callable[[], None]
+def serve_sliced(
+    core: LearnerCore, items: list[Item], between: Callable[[], None], size: int
 ) -> tuple[int, list[Result]]:
-    """`serve_batch`, calling `beat` at least every BEAT_EVERY_S while it works."""
-    if len(items) <= BEAT_SLICE:
-        return serve_batch(core, items)
-    version, results = serve_batch(core, items[:BEAT_SLICE])
-    last = time.monotonic()
-    for start in range(BEAT_SLICE, len(items), BEAT_SLICE):
-        now = time.monotonic()
-        if now - last >= BEAT_EVERY_S:
-            beat()
-            last = now
-        results += serve_batch(core, items[start : start + BEAT_SLICE])[1]
+    """`serve_batch`, `size` records at a time, calling `between` between slices: a long
+    batch of a slow model must not look dead (the in-thread worker renews the service's
+    lease there, the model process says it is alive)."""
+    version, results = serve_batch(core, items[:size])
+    for start in range(size, len(items), size):
+        between()
+        results += serve_batch(core, items[start : start + size])[1]
     return version, results
+
+
+def at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], None]:
+    """`action`, skipped when it ran less than `seconds` ago."""
+    last = time.monotonic()
+
+    def maybe() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= seconds:
+            action()
+            last = now
+
+    return maybe
 
 
 def core_status(core: LearnerCore) -> dict[str, Any]:
@@ -165,12 +175,7 @@ class InlineWorker:
     def submit(self, items: list[Item], metas: list[Any], wait: Callable[[], None] = _idle) -> None:
         """Scores at once, calling `wait` every CHUNK records (the service renews its lease
         there: a long release of a slow model must not let it lapse)."""
-        core = self._core()
-        version, results = serve_batch(core, items[:CHUNK])
-        for start in range(CHUNK, len(items), CHUNK):
-            wait()
-            results += serve_batch(core, items[start : start + CHUNK])[1]
-        self._done.append((metas, version, results))
+        self._done.append((metas, *serve_sliced(self._core(), items, wait, CHUNK)))
 
     def results(self, block: bool, wait: Callable[[], None] = _idle) -> Iterator[Batch]:
         while self._done:
@@ -387,8 +392,8 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             if tag != _CALL:
                 if core is None:
                     raise WorkerError("a batch came before any state was loaded")
-                beat = functools.partial(send_frame, sock, _BEAT)
-                send_frame(sock, _pack(serve_beating(core, _unpack(msg), beat)))
+                beat = at_most_every(BEAT_EVERY_S, functools.partial(send_frame, sock, _BEAT))
+                send_frame(sock, _pack(serve_sliced(core, _unpack(msg), beat, BEAT_SLICE)))
                 continue
             with deep_recursion():
                 name, args = pickle.loads(memoryview(msg)[1:])

@@ -70,12 +70,18 @@ def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
     return event
 
 
-def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
-    """An event/v1 record as `Event.from_wire(decode(raw))` would read it, by the fast path;
-    None when the fast path declines (the caller then takes the full route)."""
+def fast_valid_wire(raw: bytes | None, max_bytes: int) -> WireEvent | None:
+    """An event/v1 record as `Event.from_wire(decode(raw))` would read it, by the fast path,
+    as the decoded Struct (an Event's fields: a caller that only reads them skips the
+    copy); None when the fast path declines (the caller then takes the full route)."""
     if raw is None or len(raw) > max_bytes:
         return None
-    wire = fast_event(raw, math.inf)  # the full route bounds no time from above
+    return fast_event(raw, math.inf)  # the full route bounds no time from above
+
+
+def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:
+    """`fast_valid_wire`, as an Event."""
+    wire = fast_valid_wire(raw, max_bytes)
     if wire is None:
         return None
     return Event(wire.event_id, wire.entity, wire.ts, wire.data, wire.label)
