@@ -11,6 +11,7 @@ import functools
 import itertools
 import operator
 import os
+import statistics
 import time
 import weakref
 from collections.abc import Callable
@@ -51,6 +52,22 @@ models:
 
 
 @dataclass
+class Round:
+    """One round: each in-process loop run right before its service run, so a change in
+    the machine's speed between rounds (seen up to 2x within minutes on shared hosts)
+    touches both sides of a ratio alike."""
+
+    river_events_per_s: float
+    river_inprocess_events_per_s: float
+    ratio_river: float
+    vw_events_per_s: float
+    vw_inprocess_events_per_s: float
+    ratio_vw: float
+    river_cpu_us_per_event: dict[str, float | None]
+    vw_cpu_us_per_event: dict[str, float | None]
+
+
+@dataclass
 class LearnerBench:
     dataset: str
     events: int
@@ -65,6 +82,8 @@ class LearnerBench:
     # and the in-process loop's, for scale.
     river_cpu_us_per_event: dict[str, float | None]
     vw_cpu_us_per_event: dict[str, float | None]
+    # Each round's own figures; the ones above are their medians.
+    rounds: list[Round]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,10 +171,39 @@ def _cpu_line(cpu: dict[str, float | None], inprocess_rate: float) -> str:
     return f"  CPU µs/event: {known or 'unknown here'} (loop {1e6 / inprocess_rate:.1f})"
 
 
-def run_learner_bench(
-    dataset: str = "Phishing", n: int = 100_000, say: Callable[[str], None] = print
-) -> LearnerBench:
-    events = bench_events(dataset, n)
+def median_cpu(figures: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per process, the median of the rounds that measured it (None where none did)."""
+    out: dict[str, float | None] = {}
+    for name in figures[0]:
+        known = [us for f in figures if (us := f[name]) is not None]
+        out[name] = statistics.median(known) if known else None
+    return out
+
+
+def summarize(dataset: str, n: int, rounds: list[Round]) -> LearnerBench:
+    """Medians over the rounds; each ratio is the median of the rounds' own ratios, so
+    every ratio compares runs made side by side."""
+
+    def med(name: str) -> float:
+        return float(statistics.median(getattr(r, name) for r in rounds))
+
+    return LearnerBench(
+        dataset,
+        n,
+        med("river_events_per_s"),
+        med("river_inprocess_events_per_s"),
+        med("ratio_river"),
+        med("vw_events_per_s"),
+        med("vw_inprocess_events_per_s"),
+        med("ratio_vw"),
+        median_cpu([r.river_cpu_us_per_event for r in rounds]),
+        median_cpu([r.vw_cpu_us_per_event for r in rounds]),
+        rounds,
+    )
+
+
+def run_round(events: list[Event], dataset: str, say: Callable[[str], None]) -> Round:
+    n = len(events)
     river_spec = parse_spec(RIVER_SPEC, "bench")
     say(f"River StandardScaler | LogisticRegression on {dataset}, {n} events")
     river_inprocess = inprocess_river(river_spec, events)
@@ -169,9 +217,7 @@ def run_learner_bench(
     vw_service, vw_cpu = service_rate(parse_spec(VW_SPEC, "bench"), events, say)
     say(f"  learner service:       {vw_service:,.0f} events/s")
     say(_cpu_line(vw_cpu, vw_inprocess))
-    return LearnerBench(
-        dataset,
-        n,
+    return Round(
         river_service,
         river_inprocess,
         river_service / river_inprocess,
@@ -181,3 +227,25 @@ def run_learner_bench(
         river_cpu,
         vw_cpu,
     )
+
+
+def run_learner_bench(
+    dataset: str = "Phishing",
+    n: int = 100_000,
+    say: Callable[[str], None] = print,
+    repeat: int = 3,
+) -> LearnerBench:
+    if repeat < 1:
+        raise ValueError("repeat must be at least 1")
+    events = bench_events(dataset, n)
+    rounds = []
+    for i in range(repeat):
+        if repeat > 1:
+            say(f"Round {i + 1} of {repeat}")
+        rounds.append(run_round(events, dataset, say))
+    result = summarize(dataset, n, rounds)
+    if repeat > 1:
+        for kind in ("river", "vw"):
+            each = ", ".join(f"{getattr(r, f'ratio_{kind}'):.2f}" for r in rounds)
+            say(f"ratio_{kind} by round: {each} (median below)")
+    return result

@@ -192,12 +192,22 @@ def bench_learner(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     dataset: Annotated[str, typer.Option(help="River dataset to cycle through.")] = "Phishing",
     events: Annotated[int, typer.Option(min=1000, help="Events in the stream.")] = 100_000,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=20,
+            help="Rounds, each loop right before its service run; the medians are reported.",
+        ),
+    ] = 3,
 ) -> None:
     """The learner service against the in-process River and VW loops on the same stream."""
     from services.bench.learner_bench import run_learner_bench
 
     _bench(
-        as_json, lambda say: run_learner_bench(dataset, events, say), ["ratio_river", "ratio_vw"]
+        as_json,
+        lambda say: run_learner_bench(dataset, events, say, repeat),
+        ["ratio_river", "ratio_vw"],
     )
 
 

@@ -1,18 +1,29 @@
 import json
 
+import pytest
+
 from .conftest import headwater
 
 
 def test_bench_learner_json_reports_each_loop_and_its_ratio():
     # enough events for the CPU figures (clock ticks of 10 ms) to count something
-    result = headwater("bench", "learner", "--json", "--events", "12000", timeout=300)
+    result = headwater(
+        "bench", "learner", "--json", "--events", "12000", "--repeat", "2", timeout=300
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
+    assert len(figures["rounds"]) == 2
     for kind in ("river", "vw"):
         assert figures[f"{kind}_events_per_s"] > 0
         assert figures[f"{kind}_inprocess_events_per_s"] > 0
-        expected = figures[f"{kind}_events_per_s"] / figures[f"{kind}_inprocess_events_per_s"]
-        assert figures[f"ratio_{kind}"] == expected
+        ratios = []
+        for r in figures["rounds"]:
+            assert (
+                r[f"ratio_{kind}"]
+                == r[f"{kind}_events_per_s"] / r[f"{kind}_inprocess_events_per_s"]
+            )
+            ratios.append(r[f"ratio_{kind}"])
+        assert figures[f"ratio_{kind}"] == pytest.approx(sum(ratios) / 2)  # the median of two
         cpu = figures[f"{kind}_cpu_us_per_event"]
         assert set(cpu) == {"learner", "model_process", "broker"}
         known = [us for us in cpu.values() if us is not None]  # read from /proc (Linux)
