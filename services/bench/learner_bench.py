@@ -63,26 +63,19 @@ class Round:
     vw_events_per_s: float
     vw_inprocess_events_per_s: float
     ratio_vw: float
-    river_cpu_us_per_event: dict[str, float | None]
-    vw_cpu_us_per_event: dict[str, float | None]
-
-
-@dataclass
-class LearnerBench:
-    dataset: str
-    events: int
-    river_events_per_s: float
-    river_inprocess_events_per_s: float
-    ratio_river: float
-    vw_events_per_s: float
-    vw_inprocess_events_per_s: float
-    ratio_vw: float
     # CPU µs per event of each process while the service ran (None where unknown): the
     # learner's (its thread and the Kafka client's), its model process's, the broker's;
     # and the in-process loop's, for scale.
     river_cpu_us_per_event: dict[str, float | None]
     vw_cpu_us_per_event: dict[str, float | None]
-    # Each round's own figures; the ones above are their medians.
+
+
+@dataclass
+class LearnerBench(Round):
+    """The rounds' medians, with each round's own figures."""
+
+    dataset: str
+    events: int
     rounds: list[Round]
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,8 +181,6 @@ def summarize(dataset: str, n: int, rounds: list[Round]) -> LearnerBench:
         return float(statistics.median(getattr(r, name) for r in rounds))
 
     return LearnerBench(
-        dataset,
-        n,
         med("river_events_per_s"),
         med("river_inprocess_events_per_s"),
         med("ratio_river"),
@@ -198,7 +189,9 @@ def summarize(dataset: str, n: int, rounds: list[Round]) -> LearnerBench:
         med("ratio_vw"),
         median_cpu([r.river_cpu_us_per_event for r in rounds]),
         median_cpu([r.vw_cpu_us_per_event for r in rounds]),
-        rounds,
+        dataset=dataset,
+        events=n,
+        rounds=rounds,
     )
 
 
