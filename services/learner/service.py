@@ -672,13 +672,28 @@ class LearnerService:
 
     def _publish_status(self, force: bool) -> bool:
         """Progress for operators (and the API later): counters and metrics in Redis.
-        True when it published (at most once per status interval)."""
+
+        Once per status interval the model side is asked for its counters behind the
+        batches in flight, and they are written when they come back, so the pipeline never
+        drains for it (a drain each second stalled both sides); the metrics are the
+        learner's own as of then, a batch or so later. `force` (on stopping) drains first
+        and writes at once. True when a status was asked for."""
+        worker = self._worker()
+        if force:
+            self.publish(block=True)  # the status counts every record released so far
+            self._write_status(worker.status())
+            return True
+        ready = worker.take_status()
+        if ready is not None:
+            self._write_status(ready)
         now = time.monotonic()
-        if not force and now - self._status_at < self.status_interval_s:
+        if now - self._status_at < self.status_interval_s:
             return False
         self._status_at = now
-        self.publish(block=True)  # the status counts every record released so far
-        status = self._worker().status()
+        worker.request_status()
+        return True
+
+    def _write_status(self, status: dict[str, Any]) -> None:
         fields: dict[str, str | int | float] = {"role": self.role, **status}
         fields.update(
             {
@@ -696,4 +711,3 @@ class LearnerService:
             self.store.put_hash(self.store.key(self._pipeline, SERVICE, "status"), fields)
         except Exception as exc:  # Redis down must not stop scoring; it is logged and retried
             log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
-        return True

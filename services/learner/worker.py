@@ -143,6 +143,8 @@ class ModelWorker(Protocol):
     def snapshot(self) -> LearnerCore: ...
     def set_version(self, version: int) -> None: ...
     def status(self) -> dict[str, Any]: ...
+    def request_status(self) -> None: ...
+    def take_status(self) -> dict[str, Any] | None: ...
     def replace_model(
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
     ) -> None: ...
@@ -162,6 +164,7 @@ class InlineWorker:
         self.core: LearnerCore | None = None
         self._done: deque[Batch] = deque()
         self.wait: Callable[[], None] = _idle
+        self._status: dict[str, Any] | None = None
 
     def _core(self) -> LearnerCore:
         if self.core is None:
@@ -190,6 +193,13 @@ class InlineWorker:
     def status(self) -> dict[str, Any]:
         return core_status(self._core())
 
+    def request_status(self) -> None:
+        self._status = self.status()  # every submitted record is scored already
+
+    def take_status(self) -> dict[str, Any] | None:
+        status, self._status = self._status, None
+        return status
+
     def replace_model(
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
     ) -> None:
@@ -203,6 +213,10 @@ class InlineWorker:
 # than pickle for tuples of str, float and dict), falling back to pickle for a value marshal
 # cannot take; control calls and their replies go as pickle.
 _BATCH, _BATCH_PICKLED, _CALL, _REPLY, _ERROR, _BEAT = b"B", b"b", b"C", b"R", b"E", b"H"
+
+
+# In the queue of what is in flight: a status request, answered in its turn.
+_STATUS_ASKED: list[Any] = []
 
 
 def _pack(items: Any) -> bytes:
@@ -247,7 +261,9 @@ class ProcessWorker:
                 start_new_session=True,
             )
         self._channel = Channel(ours)
+        # The metas of each batch in flight, or _STATUS_ASKED where a status request is.
         self._in_flight: deque[list[Any]] = deque()
+        self._status: dict[str, Any] | None = None
         self.wait: Callable[[], None] = _idle  # called while a control call waits
 
     @property
@@ -337,8 +353,15 @@ class ProcessWorker:
             since = time.monotonic()
             if msg[:1] == _BEAT:  # alive, still serving a long batch
                 continue
+            metas = self._in_flight.popleft()
+            if metas is _STATUS_ASKED:
+                assert msg[:1] == _REPLY, "a status request answered out of turn"
+                status = pickle.loads(memoryview(msg)[1:])
+                assert isinstance(status, dict)
+                self._status = status
+                continue
             version, results = _unpack(msg)
-            yield self._in_flight.popleft(), version, results
+            yield metas, version, results
             since = time.monotonic()  # the caller's time with the results is not ours
 
     def snapshot(self) -> LearnerCore:
@@ -352,6 +375,19 @@ class ProcessWorker:
     def status(self) -> dict[str, Any]:
         status = self._call("status")
         assert isinstance(status, dict)
+        return status
+
+    def request_status(self) -> None:
+        """Ask for the status behind the batches in flight, without waiting for them: its
+        counters are as of every batch submitted before it. `take_status` hands it over
+        once `results` has read it."""
+        if any(m is _STATUS_ASKED for m in self._in_flight):
+            return  # the one asked for is still coming
+        self._send(_CALL + pickle.dumps(("status", ()), pickle.HIGHEST_PROTOCOL))
+        self._in_flight.append(_STATUS_ASKED)
+
+    def take_status(self) -> dict[str, Any] | None:
+        status, self._status = self._status, None
         return status
 
     def replace_model(

@@ -196,3 +196,27 @@ def test_the_inline_worker_renews_between_chunks_of_a_long_release():
     assert len(calls) == (len(items) - 1) // 1000  # between chunks of 1,000 records
     ((_, _, results),) = chunked.results(block=True)
     assert results == [r for _, _, rs in whole.results(block=True) for r in rs]
+
+
+@pytest.mark.parametrize("make", [InlineWorker, lambda: ProcessWorker("WARNING", "text")])
+def test_a_status_is_asked_for_behind_the_batches_without_waiting_for_them(make):
+    worker = make()
+    try:
+        worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+        first, second = batches()[:2]
+        worker.submit(first, [0])
+        worker.request_status()
+        worker.request_status()  # one is coming already: not asked twice
+        worker.submit(second, [1])
+        if isinstance(worker, ProcessWorker):
+            assert worker.take_status() is None  # not read yet: nothing waited for it
+        got = [m for m, _, _ in worker.results(block=True)]
+        assert got == [[0], [1]]  # the request is not a batch
+        status = worker.take_status()
+        assert status is not None
+        events = sum(1 for item in first if item[0] == EVENT)
+        assert status["events_seen"] == events  # as of the batches before it, not after
+        assert worker.take_status() is None  # handed over once
+        assert worker.status()["events_seen"] == events + sum(1 for i in second if i[0] == EVENT)
+    finally:
+        worker.close()
