@@ -263,6 +263,7 @@ class ProcessWorker:
         self._channel = Channel(ours)
         # The metas of each batch in flight, or _STATUS_ASKED where a status request is.
         self._in_flight: deque[list[Any]] = deque()
+        self._status_asked = False  # one request at a time; not a batch for MAX_IN_FLIGHT
         self._status: dict[str, Any] | None = None
         self.wait: Callable[[], None] = _idle  # called while a control call waits
 
@@ -343,7 +344,7 @@ class ProcessWorker:
         while blocked, about every half second (the service renews its lease there)."""
         since = time.monotonic()
         while self._in_flight:
-            must = block or len(self._in_flight) > MAX_IN_FLIGHT
+            must = block or len(self._in_flight) - self._status_asked > MAX_IN_FLIGHT
             msg = self._receive(min(0.5, self.timeout_s) if must else 0)
             if msg is None:
                 if not must:
@@ -358,7 +359,7 @@ class ProcessWorker:
                 assert msg[:1] == _REPLY, "a status request answered out of turn"
                 status = pickle.loads(memoryview(msg)[1:])
                 assert isinstance(status, dict)
-                self._status = status
+                self._status, self._status_asked = status, False
                 continue
             version, results = _unpack(msg)
             yield metas, version, results
@@ -381,10 +382,11 @@ class ProcessWorker:
         """Ask for the status behind the batches in flight, without waiting for them: its
         counters are as of every batch submitted before it. `take_status` hands it over
         once `results` has read it."""
-        if any(m is _STATUS_ASKED for m in self._in_flight):
+        if self._status_asked:
             return  # the one asked for is still coming
         self._send(_CALL + pickle.dumps(("status", ()), pickle.HIGHEST_PROTOCOL))
         self._in_flight.append(_STATUS_ASKED)
+        self._status_asked = True
 
     def take_status(self) -> dict[str, Any] | None:
         status, self._status = self._status, None

@@ -16,6 +16,7 @@ from services.learner.worker import (
     EVENT,
     FAILED,
     LABEL,
+    MAX_IN_FLIGHT,
     InlineWorker,
     ProcessWorker,
     WorkerError,
@@ -209,7 +210,7 @@ def test_a_status_is_asked_for_behind_the_batches_without_waiting_for_them(make)
         worker.request_status()  # one is coming already: not asked twice
         worker.submit(second, [1])
         if isinstance(worker, ProcessWorker):
-            assert worker.take_status() is None  # not read yet: nothing waited for it
+            assert len(worker._in_flight) == 3  # two batches and one request
         got = [m for m, _, _ in worker.results(block=True)]
         assert got == [[0], [1]]  # the request is not a batch
         status = worker.take_status()
@@ -218,5 +219,27 @@ def test_a_status_is_asked_for_behind_the_batches_without_waiting_for_them(make)
         assert status["events_seen"] == events  # as of the batches before it, not after
         assert worker.take_status() is None  # handed over once
         assert worker.status()["events_seen"] == events + sum(1 for i in second if i[0] == EVENT)
+    finally:
+        worker.close()
+
+
+def test_a_status_request_takes_no_batch_place_among_those_in_flight():
+    """MAX_IN_FLIGHT batches and a status request in flight: reading what is ready does not
+    wait (it would, on a stopped model process, until the hang timeout)."""
+    worker = ProcessWorker("WARNING", "text")
+    try:
+        worker.load(LearnerCore.from_spec(parse_spec(SPEC, "w")))
+        worker.timeout_s = 1.0
+        os.kill(worker.pid, signal.SIGSTOP)
+        for n, batch in enumerate(batches()[:MAX_IN_FLIGHT]):
+            worker.submit(batch, [n])
+        worker.request_status()
+        started = time.monotonic()
+        assert list(worker.results(block=False)) == []
+        assert time.monotonic() - started < 0.5
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.timeout_s = 30.0
+        assert [m for m, _, _ in worker.results(block=True)] == [[0], [1], [2], [3]]
+        assert worker.take_status() is not None
     finally:
         worker.close()
