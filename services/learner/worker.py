@@ -320,11 +320,14 @@ class ProcessWorker:
         except ChannelClosedError as exc:
             raise self._died(exc) from exc
 
+    def _send_call(self, name: str, *args: Any) -> None:
+        with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
+            self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
+
     def _call(self, name: str, *args: Any) -> Any:
         if self._in_flight:
             raise WorkerError(f"{name} called with batches in flight (read their results first)")
-        with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
-            self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
+        self._send_call(name, *args)
         since = time.monotonic()
         while (msg := self._receive(min(0.5, self.timeout_s))) is None:
             self._waited(since, self.wait)  # a large state takes a while to ship
@@ -384,7 +387,7 @@ class ProcessWorker:
         once `results` has read it."""
         if self._status_asked:
             return  # the one asked for is still coming
-        self._send(_CALL + pickle.dumps(("status", ()), pickle.HIGHEST_PROTOCOL))
+        self._send_call("status")
         self._in_flight.append(_STATUS_ASKED)
         self._status_asked = True
 
