@@ -54,6 +54,7 @@ class Step:
     name: str
     predict: Callable[[Mapping[str, Any]], tuple[Any, Any]]
     learn: Callable[[Mapping[str, Any], Any], None]
+    predict_learn: Callable[[Mapping[str, Any], Any], tuple[Any, Any]]
 
 
 @dataclass
@@ -99,7 +100,8 @@ class LearnerCore:
             for name in self.models:
                 self.learned.setdefault(name, 0)
             plan = self._plan = tuple(
-                Step(name, model.predict, model.learn) for name, model in self.models.items()
+                Step(name, model.predict, model.learn, model.predict_learn)
+                for name, model in self.models.items()
             )
             self._metric_plan = metric_plan(self.metrics)
         return plan
@@ -151,14 +153,22 @@ class LearnerCore:
         `x` is `features(data)` (or its VW text, see `vw_text`) and the label passed
         `check_label`: the caller's side of a model process does both."""
         plan = self._plan or self.plan
-        # one model, the commonest pipeline: without the comprehension (a call of its own)
-        scores = (plan[0].predict(x),) if len(plan) == 1 else tuple([s.predict(x) for s in plan])
-        self.events_seen += 1
         joined: list[Joined] = []
         early = self.early.pop(event_id, None) if self.early else None
-        if label is not None:
-            self._learn(plan, x, label, scores)
-        elif early is not None:
+        if label is not None:  # the inline label wins over an early one
+            # one model, the commonest pipeline: without the comprehension (a call of its own)
+            if len(plan) == 1:
+                scores: Scores = (plan[0].predict_learn(x, label),)
+            else:
+                scores = tuple([s.predict_learn(x, label) for s in plan])
+            self.events_seen += 1
+            self._learned(plan, label, scores)
+            if self.pending or self.early:
+                self._expire(joined)
+            return scores, joined
+        scores = (plan[0].predict(x),) if len(plan) == 1 else tuple([s.predict(x) for s in plan])
+        self.events_seen += 1
+        if early is not None:
             self._learn(plan, x, early[0], scores)
             joined.append((event_id, entity, ts, self.model_version, scores, early[0], "topic", 0))
         else:
@@ -233,12 +243,17 @@ class LearnerCore:
     def _learn(
         self, plan: tuple[Step, ...], x: Mapping[str, Any], label: Any, scores: Scores
     ) -> None:
-        """Score the predictions made before, learn once on the frozen features."""
-        learned = self.learned
-        if self.track_metrics:
-            update_metrics(self._metric_plan, label, scores)
+        """Learn once on the frozen features, then score the predictions made before."""
         for step in plan:
             step.learn(x, label)
+        self._learned(plan, label, scores)
+
+    def _learned(self, plan: tuple[Step, ...], label: Any, scores: Scores) -> None:
+        """Every model has learned `label`: metrics with the predictions made before, counts."""
+        if self.track_metrics:
+            update_metrics(self._metric_plan, label, scores)
+        learned = self.learned
+        for step in plan:
             learned[step.name] += 1
         self.labels_learned += 1
 

@@ -22,6 +22,11 @@ class ModelAdapter(Protocol):
 
     def learn(self, x: Mapping[str, Any], y: Scalar) -> None: ...
 
+    def predict_learn(self, x: Mapping[str, Any], y: Scalar) -> tuple[Scalar, Proba | None]:
+        """`predict` then `learn` on the same features: the prediction made before learning,
+        in one call where the library has one."""
+        ...
+
 
 def build_model(name: str, kind: str, config: Any, task: str, path: str) -> ModelAdapter:
     """A fresh model from its spec section; errors name the field (`models[1].vw: ...`)."""

@@ -39,6 +39,11 @@ class RiverModel:
     def learn(self, x: Mapping[str, Any], y: Scalar) -> None:
         self.estimator.learn_one(x, y)
 
+    def predict_learn(self, x: Mapping[str, Any], y: Scalar) -> tuple[Scalar, Proba | None]:
+        out = self.predict(x)
+        self.estimator.learn_one(x, y)
+        return out
+
 
 def canonical_proba(proba: Mapping[Any, float]) -> tuple[Scalar, Proba]:
     """The argmax and the classes in a canonical order: a model that keeps them in a set

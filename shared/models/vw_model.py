@@ -115,7 +115,19 @@ class VWModel:
         """`x` is a feature map, or its `features_text` already (see LearnerCore)."""
         example = self.parser.parse_line(x if isinstance(x, str) else features_text(x))
         self._last = (x, example)  # learn() on the same features reuses the parsed example
-        out: Any = self.workspace.predict_one(example)  # a scalar, or a list for --oaa
+        return self._output(self.workspace.predict_one(example))
+
+    def predict_learn(self, x: Mapping[str, Any] | str, y: Scalar) -> tuple[Scalar, Proba | None]:
+        """VW's own predict-then-learn: one pass where `predict` + `learn` make two. The
+        prediction and the weights are those of the two calls; VW's example counters differ
+        (the two calls count the example twice), and they are not part of what is learned."""
+        text = x if isinstance(x, str) else features_text(x)
+        example = self.parser.parse_line(f"{self._label_text(y)} {text}")
+        self._last = None
+        return self._output(self.workspace.predict_then_learn_one(example))
+
+    def _output(self, out: Any) -> tuple[Scalar, Proba | None]:
+        """VW's output (a scalar, or a list for --oaa) as a prediction and its probabilities."""
         if self.task == "binary":
             p = float(out)
             return p >= 0.5, ((False, 1.0 - p), (True, p))
@@ -129,15 +141,7 @@ class VWModel:
         return float(out), None
 
     def learn(self, x: Mapping[str, Any] | str, y: Scalar) -> None:
-        if self.task == "binary":
-            label = "1" if y is True or y == 1 else "-1"
-        elif self.task == "multiclass":
-            index = self._index.get(y)
-            if index is None:
-                raise ValueError(f"label {y!r} is not one of the spec's classes {self.classes}")
-            label = str(index)
-        else:
-            label = repr(float(y))  # type: ignore[arg-type]
+        label = self._label_text(y)
         last = self._last
         # Regression labels are re-parsed: VW reads text labels to float32 its own way,
         # and a model must learn the same whichever path a label took.
@@ -149,6 +153,16 @@ class VWModel:
             example = self.parser.parse_line(f"{label} {text}")
         self._last = None
         self.workspace.learn_one(example)
+
+    def _label_text(self, y: Scalar) -> str:
+        if self.task == "binary":
+            return "1" if y is True or y == 1 else "-1"
+        if self.task == "multiclass":
+            index = self._index.get(y)
+            if index is None:
+                raise ValueError(f"label {y!r} is not one of the spec's classes {self.classes}")
+            return str(index)
+        return repr(float(y))  # type: ignore[arg-type]
 
     def _label_object(self, label: str) -> Any:
         """One label object per distinct label, reused: VW copies it into the example."""

@@ -168,3 +168,21 @@ def test_the_binary_shortcut_gives_the_canonical_answer(proba):
 )
 def test_the_binary_shortcut_leaves_other_maps_to_the_canonical_route(proba):
     assert binary_proba(proba) is None
+
+
+@pytest.mark.parametrize(("task", "dataset", "kind", "config"), CASES, ids=lambda v: str(v)[:40])
+def test_predict_learn_is_predict_then_learn(task, dataset, kind, config):
+    """The one call (VW's predict_then_learn_one) gives the prediction made before learning
+    and learns the same weights as the two calls."""
+    events = list(itertools.islice(dataset_events(dataset), 400))
+    one = build_model("m", kind, config, task, "models[0]")
+    two = build_model("m", kind, config, task, "models[0]")
+    for e in events[:300]:
+        assert one.predict_learn(e.data, e.label) == two.predict(e.data)
+        two.learn(e.data, e.label)
+    for e in events[300:]:  # the same weights: the same predictions from here on
+        assert one.predict(e.data) == two.predict(e.data)
+    if kind == "river":
+        assert fingerprint(one) == fingerprint(two)
+    elif task != "multiclass":  # weights() crashes on --oaa models (vowpal-wabbit-next 0.7)
+        assert np.array_equal(one.workspace.weights(), two.workspace.weights())
