@@ -48,6 +48,7 @@ from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedErr
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
+from shared.gc_tuning import hot_path_gc
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.position import position
 from shared.messages import (
@@ -149,6 +150,7 @@ class LearnerService:
         self._metrics: dict[str, list[Any]] = {}
         self._metric_plan: MetricPlan = ()
         self._vw_text = False
+        self._gc_thresholds: tuple[int, int, int] | None = None
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
@@ -244,6 +246,8 @@ class LearnerService:
         # thread ~50 ms every few tens of thousands of records (and the model process
         # waits for it meanwhile).
         gc.freeze()
+        previous_gc = hot_path_gc()  # set back on close: tests and benches share the process
+        self._gc_thresholds = self._gc_thresholds or previous_gc
         positions = {
             (topic, p): self.state.offsets.get((topic, p), OFFSET_BEGINNING)
             for topic, n in self.input_partitions.items()
@@ -397,6 +401,8 @@ class LearnerService:
             if self.worker is not None:
                 self.worker.close()
             self.consumer.close()
+            if self._gc_thresholds is not None:
+                gc.set_threshold(*self._gc_thresholds)
             if not fenced:
                 try:
                     self.lease.release()

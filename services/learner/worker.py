@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import marshal
 import pickle
@@ -34,7 +35,9 @@ from typing import Any, Protocol
 
 from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
 from services.learner.core import LearnerCore
+from shared.checkpoint import fast_restore
 from shared.checkpoint.codec import deep_recursion
+from shared.gc_tuning import hot_path_gc
 from shared.logs import configure_logging
 from shared.messages import MessageError
 from shared.models import ModelAdapter
@@ -322,7 +325,7 @@ class ProcessWorker:
 
     def _send_call(self, name: str, *args: Any) -> None:
         with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
-            self._send(_CALL + pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
+            self._send(_CALL + fast_restore.dumps((name, args)))
 
     def _call(self, name: str, *args: Any) -> Any:
         if self._in_flight:
@@ -443,6 +446,8 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             if name == "load":
                 core = args[0]
                 core.track_metrics = False  # the service keeps them, from the results
+                gc.freeze()  # the state lives on; the collector need not walk it again
+                hot_path_gc()  # this process is ours: nothing to give back
                 reply: Any = None
             elif core is None:
                 raise WorkerError(f"{name} called before any state was loaded")
@@ -459,7 +464,7 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             else:
                 raise WorkerError(f"unknown call {name!r}")
             with deep_recursion():
-                reply_bytes = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+                reply_bytes = fast_restore.dumps(reply)
             send_frame(sock, _REPLY + reply_bytes)
     except (BrokenPipeError, ConnectionResetError):
         return  # the service is gone

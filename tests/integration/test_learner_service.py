@@ -1,3 +1,4 @@
+import gc
 import itertools
 import json
 import time
@@ -13,6 +14,7 @@ from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
+from shared.gc_tuning import HOT_PATH_THRESHOLDS
 from shared.kafka import SafeProducer
 from shared.messages import Prediction
 from shared.redis_store import RedisStore
@@ -88,12 +90,15 @@ def test_with_a_model_process_the_learner_keeps_no_copy_of_the_models(
     stream = tmp_path / "phishing.jsonl"
     write_events(stream, itertools.islice(dataset_events("Phishing"), 300))
     service = build_learner(settings, load_spec(SPEC))
+    thresholds = gc.get_threshold()
     learner = ThreadedService(service.run).start()
     try:
         replay_file(stream, SafeProducer(settings.kafka_bootstrap), settings.topics)
         wait_for_status(settings.redis_url, "labels_learned", "300")
+        assert gc.get_threshold() == HOT_PATH_THRESHOLDS  # while it runs
     finally:
         learner.join()
+    assert gc.get_threshold() == thresholds  # given back: it shared this process
     store = RedisStore(settings.redis_url)
     checkpoints = CheckpointStore(store.client, "phishing", "learner", b"headwater-dev-key")
     _, state = checkpoints.load()  # written on the way out

@@ -1,0 +1,104 @@
+"""Pickling for fast restores: the same state back, shared and cyclic references kept,
+classes with their own pickling left to it."""
+
+import pickle
+from collections import OrderedDict
+
+import pytest
+from river import linear_model, preprocessing
+
+from services.replay.datasets import dataset_events
+from shared.checkpoint.fast_restore import dumps, is_plain
+from shared.models.fingerprint import fingerprint
+
+
+class Node:
+    def __init__(self, value, peer=None):
+        self.value = value
+        self.peer = peer
+        self.children = []
+
+
+class OwnSetstate:
+    def __init__(self):
+        self.a = 1
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.restored_by_own_setstate = True
+
+
+class DropsCache:
+    def __init__(self):
+        self.kept = 2
+        self.cache = {"big": 1}
+
+    def __getstate__(self):
+        return {"kept": self.kept, "cache": None}
+
+
+class Slotted:
+    __slots__ = ("__dict__", "a")
+
+    def __init__(self):
+        self.a = 1
+        self.b = 2
+
+
+class Table(dict):
+    def __init__(self):
+        super().__init__(x=1)
+        self.note = "n"
+
+
+def test_plain_objects_come_back_equal_with_shared_and_cyclic_references():
+    shared = Node("shared")
+    a, b = Node("a", shared), Node("b", shared)
+    a.children.append(a)  # a cycle through a list
+    shared.peer = shared  # a cycle through an attribute
+    root = OrderedDict(a=a, b=b)
+    blob = dumps(root)
+    assert b"set_attributes" in blob  # the fast state setter is what restores them
+    back = pickle.loads(blob)
+    assert back["a"].peer is back["b"].peer
+    assert back["a"].children[0] is back["a"]
+    assert back["a"].peer.peer is back["a"].peer
+    assert [back["a"].value, back["b"].value, back["a"].peer.value] == ["a", "b", "shared"]
+
+
+def test_classes_with_their_own_pickling_keep_it():
+    own, drops, slotted, table = pickle.loads(
+        dumps([OwnSetstate(), DropsCache(), Slotted(), Table()])
+    )
+    assert own.restored_by_own_setstate
+    assert own.a == 1
+    assert (drops.kept, drops.cache) == (2, None)
+    assert (slotted.a, slotted.b) == (1, 2)
+    assert dict(table) == {"x": 1}
+    assert table.note == "n"
+    assert not is_plain(OwnSetstate)
+    assert not is_plain(Table)
+    assert is_plain(Node)
+    assert is_plain(DropsCache)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        linear_model.LogisticRegression,
+        lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+    ],
+    ids=["LogisticRegression", "pipeline"],
+)
+def test_a_restored_river_model_is_the_same_model(make):
+    events = list(dataset_events("Phishing", limit=400))
+    model = make()
+    for e in events[:200]:
+        model.learn_one(e.data, e.label)
+    fast, plain = pickle.loads(dumps(model)), pickle.loads(pickle.dumps(model))
+    assert fingerprint(fast) == fingerprint(plain) == fingerprint(model)
+    for e in events[200:]:
+        assert fast.predict_proba_one(e.data) == model.predict_proba_one(e.data)
+        fast.learn_one(e.data, e.label)
+        model.learn_one(e.data, e.label)
+    assert fingerprint(fast) == fingerprint(model)
