@@ -8,6 +8,10 @@ process) every model it runs. Here plain objects are pickled with a state setter
 their attributes one by one on the new object instead, which keeps them inline. What is
 pickled is the same state; only the way it is put back differs, so a blob loads with plain
 `pickle.loads` too.
+
+A class with a `__setstate__` of its own keeps it, except River's: those only default a
+missing attribute and update `__dict__` (StandardScaler's, in River 0.26), so they run on
+a scratch instance whose attributes are then set one by one on the real one.
 """
 
 from __future__ import annotations
@@ -21,17 +25,13 @@ _MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT: instances keep attributes inl
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 # Hooks with which a class chooses its own pickling; such classes keep it. (Slots need
 # no check: their values come in a state that is not a dict, which is left to pickle.)
-_OWN_PICKLING = (
-    "__reduce__",
-    "__reduce_ex__",
-    "__setstate__",
-    "__getnewargs__",
-    "__getnewargs_ex__",
-)
+_OWN_PICKLING = ("__reduce__", "__reduce_ex__", "__getnewargs__", "__getnewargs_ex__")
+_DICT_FILLING_SETSTATE = ("river.",)  # modules whose __setstate__ methods only fill __dict__
 # What object's own reduction names to make an instance: pickle writes it as NEWOBJ.
 _NEWOBJ: Any = copyreg.__newobj__  # type: ignore[attr-defined]
 
-_plain_classes: dict[type, bool] = {}
+_setters: dict[type, Any] = {}
+_UNKNOWN = object()
 
 
 def set_attributes(obj: Any, state: dict[str, Any]) -> None:
@@ -43,31 +43,55 @@ def set_attributes(obj: Any, state: dict[str, Any]) -> None:
         obj.__dict__.update(state)
 
 
-def is_plain(cls: type) -> bool:
-    """A Python class pickled by object's default rules, with inline attributes."""
-    plain = _plain_classes.get(cls)
-    if plain is None:
+def set_attributes_via_own_setstate(obj: Any, state: dict[str, Any]) -> None:
+    cls: Any = type(obj)
+    scratch = cls.__new__(cls)
+    scratch.__setstate__(state)
+    set_attributes(obj, vars(scratch))
+
+
+def state_setter(cls: type) -> Any:
+    """How instances of `cls` are to be restored here: `set_attributes`, through their own
+    `__setstate__` (`set_attributes_via_own_setstate`), or None (pickle's own way)."""
+    setter = _setters.get(cls, _UNKNOWN)
+    if setter is _UNKNOWN:
         mro = cls.__mro__[:-1]  # without `object`
-        plain = _plain_classes[cls] = (
+        own = next((c for c in mro if "__setstate__" in vars(c)), None)
+        fast = (
             bool(cls.__flags__ & _MANAGED_DICT)
             and all(c.__flags__ & _HEAPTYPE for c in mro)  # no builtin base (dict, list...)
             and not any(name in vars(c) for c in mro for name in _OWN_PICKLING)
             and cls not in copyreg.dispatch_table
         )
-    return plain
+        if not fast:
+            setter = None
+        elif own is None:
+            setter = set_attributes
+        elif own.__module__.startswith(_DICT_FILLING_SETSTATE):
+            setter = set_attributes_via_own_setstate
+        else:
+            setter = None
+        _setters[cls] = setter
+    return setter
+
+
+def is_plain(cls: type) -> bool:
+    """A Python class pickled by object's default rules, with inline attributes."""
+    return state_setter(cls) is set_attributes
 
 
 class FastRestorePickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
-        if isinstance(obj, type) or not is_plain(cls):
+        setter = None if isinstance(obj, type) else state_setter(cls)
+        if setter is None:
             return NotImplemented
         state = obj.__getstate__()  # object's, or the class's own (e.g. dropping caches)
-        if state is None:
+        if state is None and setter is set_attributes:
             return _NEWOBJ, (cls,)
         if type(state) is not dict:
             return NotImplemented
-        return _NEWOBJ, (cls,), state, None, None, set_attributes
+        return _NEWOBJ, (cls,), state, None, None, setter
 
 
 def dumps(obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:

@@ -25,7 +25,7 @@ class OwnSetstate:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.restored_by_own_setstate = True
+        self.set_on = id(self)  # on this very object, not on a stand-in
 
 
 class DropsCache:
@@ -70,7 +70,7 @@ def test_classes_with_their_own_pickling_keep_it():
     own, drops, slotted, table = pickle.loads(
         dumps([OwnSetstate(), DropsCache(), Slotted(), Table()])
     )
-    assert own.restored_by_own_setstate
+    assert own.set_on == id(own)
     assert own.a == 1
     assert (drops.kept, drops.cache) == (2, None)
     assert (slotted.a, slotted.b) == (1, 2)
@@ -95,7 +95,11 @@ def test_a_restored_river_model_is_the_same_model(make):
     model = make()
     for e in events[:200]:
         model.learn_one(e.data, e.label)
-    fast, plain = pickle.loads(dumps(model)), pickle.loads(pickle.dumps(model))
+    blob = dumps(model)
+    assert b"set_attributes" in blob
+    if "StandardScaler" in str(model):  # River's own __setstate__ runs, on a stand-in
+        assert b"set_attributes_via_own_setstate" in blob
+    fast, plain = pickle.loads(blob), pickle.loads(pickle.dumps(model))
     assert fingerprint(fast) == fingerprint(plain) == fingerprint(model)
     for e in events[200:]:
         assert fast.predict_proba_one(e.data) == model.predict_proba_one(e.data)
