@@ -29,3 +29,12 @@ def test_each_ratio_is_the_median_of_the_rounds_own_ratios():
 def test_cpu_medians_skip_rounds_that_could_not_measure_a_process():
     figures = [{"learner": 10.0, "broker": None}, {"learner": None, "broker": None}]
     assert median_cpu(figures) == {"learner": 10.0, "broker": None}
+
+
+def test_the_cli_runs_the_bench_on_its_default_stream():
+    import inspect
+
+    from services.bench.learner_bench import DEFAULT_EVENTS
+    from services.cli.main import bench_learner
+
+    assert inspect.signature(bench_learner).parameters["events"].default == DEFAULT_EVENTS
