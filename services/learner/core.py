@@ -156,13 +156,19 @@ class LearnerCore:
         joined: list[Joined] = []
         early = self.early.pop(event_id, None) if self.early else None
         if label is not None:  # the inline label wins over an early one
-            # one model, the commonest pipeline: without the comprehension (a call of its own)
-            if len(plan) == 1:
-                scores: Scores = (plan[0].predict_learn(x, label),)
+            learned = self.learned
+            if len(plan) == 1:  # the commonest pipeline, without the loop
+                step = plan[0]
+                scores: Scores = (step.predict_learn(x, label),)
+                learned[step.name] += 1
             else:
-                scores = tuple([s.predict_learn(x, label) for s in plan])
+                each = []
+                for step in plan:
+                    each.append(step.predict_learn(x, label))
+                    learned[step.name] += 1  # counted as it learns, should a later one fail
+                scores = tuple(each)
             self.events_seen += 1
-            self._learned(plan, label, scores)
+            self._score_learned(label, scores)
             if self.pending or self.early:
                 self._expire(joined)
             return scores, joined
@@ -244,17 +250,16 @@ class LearnerCore:
         self, plan: tuple[Step, ...], x: Mapping[str, Any], label: Any, scores: Scores
     ) -> None:
         """Learn once on the frozen features, then score the predictions made before."""
-        for step in plan:
-            step.learn(x, label)
-        self._learned(plan, label, scores)
-
-    def _learned(self, plan: tuple[Step, ...], label: Any, scores: Scores) -> None:
-        """Every model has learned `label`: metrics with the predictions made before, counts."""
-        if self.track_metrics:
-            update_metrics(self._metric_plan, label, scores)
         learned = self.learned
         for step in plan:
+            step.learn(x, label)
             learned[step.name] += 1
+        self._score_learned(label, scores)
+
+    def _score_learned(self, label: Any, scores: Scores) -> None:
+        """Every model has learned `label`: the metrics get the predictions made before."""
+        if self.track_metrics:
+            update_metrics(self._metric_plan, label, scores)
         self.labels_learned += 1
 
     def metric_values(self) -> dict[str, dict[str, float]]:

@@ -166,3 +166,41 @@ def test_a_label_before_its_event_is_joined_when_the_event_comes():
     assert core.labels_learned == 1
     assert not core.pending
     assert not core.early
+
+
+class _RefusesToLearn:
+    name = "refuses"
+
+    def predict(self, x):
+        return True, None
+
+    def learn(self, x, y):
+        raise ValueError("no")
+
+    def predict_learn(self, x, y):
+        raise ValueError("no")
+
+
+def test_with_an_inline_label_each_model_is_counted_as_it_learns():
+    """A model failing on a record (it is dead-lettered) leaves the counts true: the
+    models before it learned it, the failing one did not."""
+    spec = parse_spec(
+        """
+name: two
+task: binary
+models:
+  - name: logreg
+    river: river.linear_model.LogisticRegression
+  - name: refuses
+    river: river.linear_model.LogisticRegression
+""",
+        "two",
+    )
+    core = LearnerCore.from_spec(spec)
+    core.models["refuses"] = _RefusesToLearn()
+    core._plan = None
+    core.score("e1", "a", 1.0, {"x": 1.0}, None)  # no label: both predict, none learns
+    with pytest.raises(ValueError, match="no"):
+        core.score("e2", "a", 2.0, {"x": 1.0}, True)
+    assert core.learned == {"logreg": 1, "refuses": 0}
+    assert core.labels_learned == 0  # not every model learned it
