@@ -8,12 +8,15 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.replay.datasets import dataset_events
 from shared.checkpoint.codec import dumps, loads, sign
-from shared.models import build_model
+from shared.models import build_model, vw_model
 from shared.models.fingerprint import fingerprint
 from shared.models.river_model import binary_proba, canonical_proba
+from shared.models.vw_model import features_text, format_features
 
 KEY = b"test-key"
 
@@ -186,3 +189,27 @@ def test_predict_learn_is_predict_then_learn(task, dataset, kind, config):
         assert fingerprint(one) == fingerprint(two)
     elif task != "multiclass":  # weights() crashes on --oaa models (vowpal-wabbit-next 0.7)
         assert np.array_equal(one.workspace.weights(), two.workspace.weights())
+
+
+_feature_values = st.one_of(
+    st.floats(allow_nan=False),
+    st.integers(-(10**20), 10**20),
+    st.booleans(),
+    st.text(max_size=5),
+    st.builds(np.float32, st.floats(-1e6, 1e6, width=32)),
+    st.builds(np.int64, st.integers(-(2**40), 2**40)),
+)
+
+
+@given(st.dictionaries(st.text(max_size=6), _feature_values, max_size=8))
+def test_vw_text_is_the_same_by_its_format_string_as_feature_by_feature(x):
+    """Names with %, :, | or spaces, booleans, strings and NumPy scalars included."""
+    first = features_text(x)
+    assert first == format_features(x)
+    assert features_text(dict(x)) == first  # again, from the cached format string
+
+
+def test_vw_text_of_plain_numbers_uses_a_format_string():
+    x = {"a%d": 1.5, "b c": 2, "d|e:f": -0.0}
+    assert features_text(x) == format_features(x) == "|f a%d:1.5 b_c:2 d_e_f:-0.0"
+    assert vw_model._FORMATS[("a%d", "b c", "d|e:f")] == "|f a%%d:%r b_c:%r d_e_f:%r"
