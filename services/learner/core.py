@@ -154,27 +154,28 @@ class LearnerCore:
         `check_label`: the caller's side of a model process does both."""
         plan = self._plan or self.plan
         joined: list[Joined] = []
-        early = self.early.pop(event_id, None) if self.early else None
-        if label is not None:  # the inline label wins over an early one
-            learned = self.learned
-            if len(plan) == 1:  # the commonest pipeline, without the loop
-                step = plan[0]
-                scores: Scores = (step.predict_learn(x, label),)
-                learned[step.name] += 1
-            else:
-                each = []
-                for step in plan:
-                    each.append(step.predict_learn(x, label))
-                    learned[step.name] += 1  # counted as it learns, should a later one fail
-                scores = tuple(each)
+        if label is not None and len(plan) == 1:
+            # One model, the commonest pipeline: predict and learn in one call (one pass for
+            # VW). With several, all predict before any learns, so a record one of them
+            # cannot take (dead-lettered) teaches none of them.
+            step = plan[0]
+            scores: Scores = (step.predict_learn(x, label),)
             self.events_seen += 1
-            self._score_learned(label, scores)
+            if self.early:  # the inline label wins over an early one
+                self.early.pop(event_id, None)
+            if self.track_metrics:
+                update_metrics(self._metric_plan, label, scores)
+            self.learned[step.name] += 1
+            self.labels_learned += 1
             if self.pending or self.early:
                 self._expire(joined)
             return scores, joined
         scores = (plan[0].predict(x),) if len(plan) == 1 else tuple([s.predict(x) for s in plan])
         self.events_seen += 1
-        if early is not None:
+        early = self.early.pop(event_id, None) if self.early else None
+        if label is not None:
+            self._learn(plan, x, label, scores)
+        elif early is not None:
             self._learn(plan, x, early[0], scores)
             joined.append((event_id, entity, ts, self.model_version, scores, early[0], "topic", 0))
         else:
@@ -249,17 +250,13 @@ class LearnerCore:
     def _learn(
         self, plan: tuple[Step, ...], x: Mapping[str, Any], label: Any, scores: Scores
     ) -> None:
-        """Learn once on the frozen features, then score the predictions made before."""
+        """Score the predictions made before, learn once on the frozen features."""
         learned = self.learned
+        if self.track_metrics:
+            update_metrics(self._metric_plan, label, scores)
         for step in plan:
             step.learn(x, label)
             learned[step.name] += 1
-        self._score_learned(label, scores)
-
-    def _score_learned(self, label: Any, scores: Scores) -> None:
-        """Every model has learned `label`: the metrics get the predictions made before."""
-        if self.track_metrics:
-            update_metrics(self._metric_plan, label, scores)
         self.labels_learned += 1
 
     def metric_values(self) -> dict[str, dict[str, float]]:

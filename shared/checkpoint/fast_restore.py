@@ -26,21 +26,40 @@ _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 # Hooks with which a class chooses its own pickling; such classes keep it. (Slots need
 # no check: their values come in a state that is not a dict, which is left to pickle.)
 _OWN_PICKLING = ("__reduce__", "__reduce_ex__", "__getnewargs__", "__getnewargs_ex__")
-_DICT_FILLING_SETSTATE = ("river.",)  # modules whose __setstate__ methods only fill __dict__
+_DICT_FILLING_SETSTATE = "river"  # the package whose __setstate__ methods only fill __dict__
 # What object's own reduction names to make an instance: pickle writes it as NEWOBJ.
 _NEWOBJ: Any = copyreg.__newobj__  # type: ignore[attr-defined]
 
 _setters: dict[type, Any] = {}
+_descriptors: dict[type, frozenset[str]] = {}
 _UNKNOWN = object()
 
 
 def set_attributes(obj: Any, state: dict[str, Any]) -> None:
-    """The state setter: attributes set one by one stay inline, unlike `__dict__.update`."""
+    """The state setter: attributes set one by one stay inline, unlike `__dict__.update`.
+    A name that is also a data descriptor of the class (a property, a slot) goes into
+    `__dict__` as pickle puts it, not through the descriptor."""
+    if not _data_descriptors(type(obj)).isdisjoint(state):
+        obj.__dict__.update(state)
+        return
     try:
         for name, value in state.items():
             object.__setattr__(obj, name, value)
     except TypeError:  # a name that is not a str, put in `__dict__` by hand
         obj.__dict__.update(state)
+
+
+def _data_descriptors(cls: type) -> frozenset[str]:
+    names = _descriptors.get(cls)
+    if names is None:
+        names = _descriptors[cls] = frozenset(
+            name
+            for c in cls.__mro__
+            for name, value in vars(c).items()
+            if name not in ("__dict__", "__weakref__")
+            and (hasattr(type(value), "__set__") or hasattr(type(value), "__delete__"))
+        )
+    return names
 
 
 def set_attributes_via_own_setstate(obj: Any, state: dict[str, Any]) -> None:
@@ -67,7 +86,7 @@ def state_setter(cls: type) -> Any:
             setter = None
         elif own is None:
             setter = set_attributes
-        elif own.__module__.startswith(_DICT_FILLING_SETSTATE):
+        elif own.__module__.split(".", 1)[0] == _DICT_FILLING_SETSTATE:
             setter = set_attributes_via_own_setstate
         else:
             setter = None

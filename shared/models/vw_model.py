@@ -30,6 +30,19 @@ _FORBIDDEN = {
     "--dump_json_weights_experimental",
 }  # fmt: skip
 _UNSAFE = re.compile(r"[\s:|]")
+# Options with which VW's predict-then-learn gives the prediction made before learning,
+# bit for bit (plain linear learning, its update rules, features and hashing). With others
+# (--dropout, --bootstrap, --active, ...) the learning pass predicts differently, so
+# `predict_learn` makes two calls instead.
+_ONE_PASS_EXACT = {
+    "-l", "--learning_rate", "--power_t", "--initial_t", "--decay_learning_rate",
+    "--l1", "--l2", "-b", "--bit_precision", "--adaptive", "--normalized", "--invariant",
+    "--sgd", "--noconstant", "--constant", "-C", "-q", "--quadratic", "--cubic",
+    "--interactions", "--ignore", "--ignore_linear", "--keep", "--hash", "--hash_seed",
+    "--ngram", "--skips", "--holdout_off", "--random_seed", "--quiet",
+    # and those Headwater sets per task (see vw_args; tested for each task)
+    "--preserve_performance_counters", "--loss_function", "--link", "--oaa", "--scores",
+}  # fmt: skip
 
 
 class VWConfigError(ValueError):
@@ -111,6 +124,14 @@ def format_features(x: Mapping[str, Any]) -> str:
     return "|f " + " ".join(parts)
 
 
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
+
+
 class VWModel:
     def __init__(
         self,
@@ -131,6 +152,11 @@ class VWModel:
         except Exception as exc:  # vw raises its own error types for bad arguments
             raise VWConfigError(f"VW rejected the arguments {self.args}: {exc}") from exc
         self.parser = vw.TextFormatParser(self.workspace)
+        self._one_pass = all(
+            name.split("=", 1)[0] in _ONE_PASS_EXACT
+            for name in self.args
+            if name.startswith("-") and not _is_number(name)
+        )
         self._last: tuple[Mapping[str, Any] | str, Any] | None = None
         self._labels: dict[str, Any] = {}
 
@@ -142,8 +168,13 @@ class VWModel:
 
     def predict_learn(self, x: Mapping[str, Any] | str, y: Scalar) -> tuple[Scalar, Proba | None]:
         """VW's own predict-then-learn: one pass where `predict` + `learn` make two. The
-        prediction and the weights are those of the two calls; VW's example counters differ
-        (the two calls count the example twice), and they are not part of what is learned."""
+        prediction and the weights are those of the two calls (with the options of
+        `_ONE_PASS_EXACT`; with others, it makes the two calls); VW's example counters
+        differ (the two calls count the example twice), and they are not learned state."""
+        if not self._one_pass:
+            out = self.predict(x)
+            self.learn(x, y)
+            return out
         text = x if isinstance(x, str) else features_text(x)
         example = self.parser.parse_line(f"{self._label_text(y)} {text}")
         self._last = None

@@ -106,3 +106,34 @@ def test_a_restored_river_model_is_the_same_model(make):
         fast.learn_one(e.data, e.label)
         model.learn_one(e.data, e.label)
     assert fingerprint(fast) == fingerprint(model)
+
+
+class _Tenfold:
+    """A data descriptor that changes what it stores."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = value * 10
+
+
+class WithDescriptors:
+    v = _Tenfold()
+
+    def __init__(self):
+        self.v = 1  # stored as 10
+        self.__dict__["shown"] = 2
+
+    @property
+    def shown(self):  # read-only, and also a key of __dict__
+        return self.__dict__["shown"]
+
+
+def test_names_that_are_data_descriptors_are_restored_as_pickle_does():
+    back = pickle.loads(dumps(WithDescriptors()))
+    plain = pickle.loads(pickle.dumps(WithDescriptors()))
+    assert (back.v, back.shown) == (plain.v, plain.shown) == (10, 2)

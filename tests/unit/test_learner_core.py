@@ -168,22 +168,26 @@ def test_a_label_before_its_event_is_joined_when_the_event_comes():
     assert not core.early
 
 
-class _RefusesToLearn:
-    name = "refuses"
+class _Refuses:
+    """A model that cannot take a record: at predict (`at="predict"`) or at learn."""
+
+    def __init__(self, at):
+        self.at = at
 
     def predict(self, x):
+        if self.at == "predict":
+            raise ValueError("no")
         return True, None
 
     def learn(self, x, y):
         raise ValueError("no")
 
     def predict_learn(self, x, y):
-        raise ValueError("no")
+        self.predict(x)
+        self.learn(x, y)
 
 
-def test_with_an_inline_label_each_model_is_counted_as_it_learns():
-    """A model failing on a record (it is dead-lettered) leaves the counts true: the
-    models before it learned it, the failing one did not."""
+def _two_models(refuses_at):
     spec = parse_spec(
         """
 name: two
@@ -197,10 +201,27 @@ models:
         "two",
     )
     core = LearnerCore.from_spec(spec)
-    core.models["refuses"] = _RefusesToLearn()
+    core.models["refuses"] = _Refuses(refuses_at)
     core._plan = None
-    core.score("e1", "a", 1.0, {"x": 1.0}, None)  # no label: both predict, none learns
+    return core
+
+
+def test_a_model_failing_to_learn_leaves_the_counts_true():
+    """The record is dead-lettered; the models before it learned it, the failing one not."""
+    core = _two_models("learn")
     with pytest.raises(ValueError, match="no"):
         core.score("e2", "a", 2.0, {"x": 1.0}, True)
     assert core.learned == {"logreg": 1, "refuses": 0}
     assert core.labels_learned == 0  # not every model learned it
+
+
+def test_a_model_failing_to_predict_teaches_no_model_and_loses_no_early_label():
+    core = _two_models("predict")
+    assert core.join("e1", True) == ("early", [])
+    with pytest.raises(ValueError, match="no"):
+        core.score("e1", "a", 1.0, {"x": 1.0}, None)
+    with pytest.raises(ValueError, match="no"):
+        core.score("e2", "a", 2.0, {"x": 1.0}, True)
+    assert core.learned == {"logreg": 0, "refuses": 0}
+    assert core.models["logreg"].estimator._weights.to_dict() == {}
+    assert "e1" in core.early  # still waiting; past the horizon it counts as unmatched

@@ -192,7 +192,7 @@ def test_predict_learn_is_predict_then_learn(task, dataset, kind, config):
 
 
 _feature_values = st.one_of(
-    st.floats(allow_nan=False),
+    st.floats(),
     st.integers(-(10**20), 10**20),
     st.booleans(),
     st.text(max_size=5),
@@ -213,3 +213,22 @@ def test_vw_text_of_plain_numbers_uses_a_format_string():
     x = {"a%d": 1.5, "b c": 2, "d|e:f": -0.0}
     assert features_text(x) == format_features(x) == "|f a%d:1.5 b_c:2 d_e_f:-0.0"
     assert vw_model._FORMATS[("a%d", "b c", "d|e:f")] == "|f a%%d:%r b_c:%r d_e_f:%r"
+
+
+@pytest.mark.parametrize(
+    ("args", "one_pass"),
+    [
+        ("-l 0.5 --l2 1e-6 -b 18", True),
+        ("--nn 3 --dropout", False),
+        ("--bootstrap 3", False),
+        ("--lrq ff2 --lrqdropout", False),
+    ],
+)
+def test_vw_predict_learn_is_exact_whatever_the_options(args, one_pass):
+    """With options whose learning pass predicts otherwise, predict_learn makes two calls."""
+    one = build_model("m", "vw", {"args": args}, "binary", "models[0].vw")
+    two = build_model("m", "vw", {"args": args}, "binary", "models[0].vw")
+    assert one._one_pass is one_pass
+    for e in itertools.islice(dataset_events("Phishing"), 200):
+        assert one.predict_learn(e.data, e.label) == two.predict(e.data)
+        two.learn(e.data, e.label)
