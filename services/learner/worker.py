@@ -34,8 +34,7 @@ from typing import Any, Protocol
 
 from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
 from services.learner.core import LearnerCore
-from shared.checkpoint import fast_restore
-from shared.checkpoint.codec import deep_recursion
+from shared.checkpoint.codec import deep_recursion, dumps
 from shared.gc_tuning import hot_path_gc
 from shared.logs import configure_logging
 from shared.messages import MessageError
@@ -323,8 +322,7 @@ class ProcessWorker:
             raise self._died(exc) from exc
 
     def _send_call(self, name: str, *args: Any) -> None:
-        with deep_recursion():  # River trees pickle deeply nested, as in checkpoints
-            self._send(_CALL + fast_restore.dumps((name, args)))
+        self._send(_CALL + dumps((name, args)))  # as checkpoints are: fast restores, deep trees
 
     def _call(self, name: str, *args: Any) -> Any:
         if self._in_flight:
@@ -419,6 +417,13 @@ class ProcessWorker:
         self._channel.close()
 
 
+def _live(core: LearnerCore) -> LearnerCore:
+    """A core as the model process runs it: the service keeps the metrics, from the results
+    (a pickled core comes back tracking them)."""
+    core.track_metrics = False
+    return core
+
+
 def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
     """The model process: serve batches and calls until told to stop or the service goes."""
     for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -443,8 +448,7 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             if name == "stop":
                 return
             if name == "load":
-                core = args[0]
-                core.track_metrics = False  # the service keeps them, from the results
+                core = _live(args[0])
                 # This process is ours: nothing to give back. (No freeze: each snapshot
                 # replaces the state below, and a frozen one's cycles would never be collected.)
                 hot_path_gc()
@@ -463,8 +467,7 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
                 reply = None
             else:
                 raise WorkerError(f"unknown call {name!r}")
-            with deep_recursion():
-                reply_bytes = fast_restore.dumps(reply)
+            reply_bytes = dumps(reply)
             send_frame(sock, _REPLY + reply_bytes)
             if name == "snapshot":
                 # Pickling read every object's __dict__, which on CPython 3.11 leaves their
@@ -472,8 +475,7 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
                 # slower from the first checkpoint on. The copy just sent is the same
                 # state with them inline (see fast_restore); go on from it.
                 with deep_recursion():
-                    core = pickle.loads(memoryview(reply_bytes))
-                core.track_metrics = False
+                    core = _live(pickle.loads(memoryview(reply_bytes)))
     except (BrokenPipeError, ConnectionResetError):
         return  # the service is gone
     except BaseException:

@@ -52,7 +52,8 @@ def deep_recursion() -> Iterator[None]:
 
 
 def dumps(state: Any) -> bytes:
-    """Pickled so that restored models run at full speed (see fast_restore)."""
+    """Pickled so that restored models run at full speed (see fast_restore); the learner's
+    model process ships its state this way too."""
     with deep_recursion():
         return fast_restore.dumps(state, protocol=5)
 

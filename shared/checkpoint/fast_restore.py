@@ -94,11 +94,6 @@ def state_setter(cls: type) -> Any:
     return setter
 
 
-def is_plain(cls: type) -> bool:
-    """A Python class pickled by object's default rules, with inline attributes."""
-    return state_setter(cls) is set_attributes
-
-
 class FastRestorePickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
