@@ -12,6 +12,7 @@ from jsonschema.exceptions import best_match
 from shared.models import build_model
 from shared.models.river_factory import FactoryError, build_metric, check_task
 from shared.schemas import validator
+from shared.spec.drift import parse_drift
 from shared.spec.features import parse_features, seconds
 from shared.spec.labels import check_label
 from shared.spec.model import IngestPolicy, LabelSettings, ModelSpec, PipelineSpec
@@ -106,6 +107,7 @@ def semantic_problems(doc: dict[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(f"labels.default: {exc}")
     problems.extend(parse_features(doc.get("features", {}))[1])
+    problems.extend(parse_drift(doc.get("drift", {}), doc["task"])[1])
     for i, node in enumerate(doc.get("metrics", [])):
         try:
             build_metric(node, f"metrics[{i}]")
@@ -136,6 +138,7 @@ def _to_spec(doc: dict[str, Any]) -> PipelineSpec:
         features=parse_features(doc.get("features", {}))[0],
         description=doc.get("description", ""),
         ingest=_ingest_policy(doc),
+        drift=parse_drift(doc.get("drift", {}), doc["task"])[0],
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from shared.spec.drift import DriftSpec
 from shared.spec.features import FeatureSpec
 
 Scalar = int | float | str | bool | None
@@ -47,6 +48,7 @@ class PipelineSpec:
     features: FeatureSpec | None = None
     description: str = ""
     ingest: IngestPolicy = IngestPolicy()
+    drift: DriftSpec = field(default_factory=DriftSpec)
 
     @property
     def is_classification(self) -> bool:

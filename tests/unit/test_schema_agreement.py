@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from shared.messages import (
     DeadLetter,
+    DriftAlert,
     Event,
     FeatureRecord,
     Label,
@@ -19,7 +20,7 @@ from shared.messages import (
 )
 from shared.schemas import load_schema, schemas_dir, validator
 
-TYPES = [Event, Label, Prediction, Outcome, DeadLetter, FeatureRecord]
+TYPES = [Event, Label, Prediction, Outcome, DeadLetter, FeatureRecord, DriftAlert]
 
 
 def test_every_schema_file_is_a_valid_schema_and_has_a_type():
@@ -70,6 +71,25 @@ def test_code_outputs_validate_against_their_schemas():
     assert FeatureRecord.from_wire(record.to_wire()) == record
     bad = {**record.to_wire(), "event": {"event_id": "e"}}
     assert not validator("features/v1").is_valid(bad)
+    alert = DriftAlert(
+        "a1",
+        "p",
+        None,
+        None,
+        "covariate",
+        "x",
+        "ks_2samp",
+        {"p_value": 1e-9},
+        "e",
+        2.0,
+        "none",
+        Lineage("features", 1, 7),
+    )
+    validator("drift-alert/v1").validate(alert.to_wire())
+    assert DriftAlert.from_wire(alert.to_wire()) == alert
+    assert not validator("drift-alert/v1").is_valid({**alert.to_wire(), "kind": "mystery"})
+    with pytest.raises(MessageError, match="kind must be one of"):
+        DriftAlert.from_wire({**alert.to_wire(), "kind": "mystery"})
 
 
 # Differential test: random records are accepted by the code exactly when the schema accepts them.

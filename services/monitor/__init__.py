@@ -1,0 +1,1 @@
+"""Drift monitor: concept, covariate and prediction drift, published as alerts."""
