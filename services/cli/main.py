@@ -39,6 +39,7 @@ class ServiceName(enum.StrEnum):
     ingest = "ingest"
     features = "features"
     learner = "learner"
+    monitor = "monitor"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -98,6 +99,10 @@ def run(
             from services.learner.app import run_learner
 
             run_learner(settings, pipeline, stop)
+        elif service is ServiceName.monitor:
+            from services.monitor.app import run_monitor
+
+            run_monitor(settings, pipeline, stop)
         elif service is ServiceName.ingest:
             from services.ingest.app import run_ingest
 

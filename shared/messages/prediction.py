@@ -84,12 +84,12 @@ class Prediction(msgspec.Struct, frozen=True):
             model_version=non_negative_int(m["model_version"], "model_version"),
             task=m["task"],
             prediction=prediction,
-            proba=_proba(m["proba"]),
+            proba=proba_pairs(m["proba"]),
             lineage=Lineage.from_wire(m["lineage"]),
         )
 
 
-def _proba(value: Any) -> tuple[tuple[Scalar, float], ...] | None:
+def proba_pairs(value: Any) -> tuple[tuple[Scalar, float], ...] | None:
     if value is None:
         return None
     if not isinstance(value, list | tuple):

@@ -1,0 +1,49 @@
+"""The latest drift alerts of a pipeline in Redis, for the API and operators.
+
+Keyed by alert id, so an alert re-emitted after a restart or a replay is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from shared.messages import DriftAlert
+
+
+class AlertStore:
+    def __init__(self, client: redis.Redis, pipeline: str, keep: int = 1000) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.client = client
+        self.keep = keep
+        base = f"headwater:{pipeline}:monitor:alerts"
+        self._index = base  # sorted set: alert id by event time
+        self._data = f"{base}:data"  # hash: alert id -> the alert as JSON
+
+    def add(self, alerts: list[DriftAlert]) -> None:
+        """Store alerts and keep only the newest `keep` (by event time), in one step."""
+        if not alerts:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._data, mapping={a.alert_id: json.dumps(a.to_wire()) for a in alerts})
+        pipe.zadd(self._index, {a.alert_id: a.ts for a in alerts})
+        pipe.zrange(self._index, 0, -self.keep - 1)  # the ones to drop, oldest first
+        dropped: list[bytes] = pipe.execute()[-1]
+        if dropped:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(self._index, *dropped)
+            pipe.hdel(self._data, *dropped)
+            pipe.execute()
+
+    def latest(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first."""
+        if limit < 1:
+            return []
+        ids: list[bytes] = self.client.zrevrange(self._index, 0, limit - 1)  # type: ignore[assignment]
+        if not ids:
+            return []
+        raw: list[bytes | None] = self.client.hmget(self._data, ids)  # type: ignore[assignment]
+        return [json.loads(r) for r in raw if r is not None]

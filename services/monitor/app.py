@@ -1,0 +1,150 @@
+"""Composition root of the monitor: a faust-streaming app around `MonitorService`.
+
+One agent per input topic (outcomes, and features, or events.valid for a pipeline without
+a features section), each reading its records in partition order. Assignment and
+revocation are faust's signals; the app runs in this thread's event loop until `stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from mode.utils.times import Seconds
+
+from services.monitor.alert_store import AlertStore
+from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorService
+from shared.checkpoint.store import CheckpointStore
+from shared.kafka import require_topics
+from shared.redis_store import RedisStore
+from shared.settings import Settings
+from shared.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+NEVER: Seconds = 10 * 365 * 86400.0  # faust commits no offsets: checkpoints hold them
+
+
+def monitor_inputs(settings: Settings, spec: PipelineSpec) -> dict[str, str]:
+    topics = settings.topics
+    if spec.features is not None:
+        return {topics.outcomes: OUTCOMES, topics.features: FEATURES}
+    return {topics.outcomes: OUTCOMES, topics.events_valid: EVENTS}
+
+
+def build_monitor(
+    settings: Settings, spec: PipelineSpec, datadir: str
+) -> tuple[faust.App, MonitorService]:
+    inputs = monitor_inputs(settings, spec)
+    topics = settings.topics
+    require_topics(settings.kafka_bootstrap, [*inputs, topics.drift_alerts, topics.events_dlq])
+    redis = RedisStore(settings.redis_url)
+    redis.ping()
+    key = settings.checkpoint_key.get_secret_value().encode()
+    app = faust.App(
+        f"{settings.consumer_group_prefix}.{spec.name}.monitor",
+        datadir=datadir,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_ms / 3000),
+        broker_commit_every=2**62,
+        broker_commit_interval=NEVER,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=settings.max_message_bytes + 65536,
+    )
+    outputs = {name: _raw_topic(app, name) for name in (topics.drift_alerts, topics.events_dlq)}
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        await outputs[topic].send(key=key, value=value)
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    service = MonitorService(
+        spec,
+        settings,
+        inputs,
+        lambda t, p: CheckpointStore(
+            redis.client, spec.name, f"monitor-{t}-p{p}", key, keep=settings.checkpoints_kept
+        ),
+        AlertStore(redis.client, spec.name),
+        send,
+        flush,
+    )
+
+    for name in inputs:
+        app.agent(_raw_topic(app, name), name=f"monitor-{name}")(_reader(service))
+
+    # faust's signals call receivers with the app, the signal's argument and `signal=`.
+    async def assigned(_app: Any, assigned: Any, **_: Any) -> None:
+        for tp in sorted(assigned):
+            if tp.topic in inputs:
+                service.own(tp.topic, tp.partition)
+
+    async def revoked(_app: Any, revoked: Any, **_: Any) -> None:
+        await service.release([(tp.topic, tp.partition) for tp in revoked], "revoked")
+
+    async def shutting_down(_app: Any, **_: Any) -> None:
+        await service.release(list(service.owned), "shutdown")
+
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(shutting_down)  # type: ignore[arg-type]
+
+    return app, service
+
+
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """Bytes in, bytes out: Headwater decodes and validates records itself."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def _reader(service: MonitorService) -> Any:
+    async def read(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            message = event.message
+            try:
+                await service.handle(message.topic, message.partition, message.offset, event.value)
+            except Exception as exc:
+                # faust would restart the agent and go on past the record; the monitor stops
+                # instead, and its restart resumes from the last checkpoint.
+                service.failure = service.failure or exc
+                return
+            yield None
+
+    return read
+
+
+def run_monitor(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
+    """Run until `stop` is set; a failure inside faust (an agent's crash) is raised here."""
+    with tempfile.TemporaryDirectory(prefix="headwater-monitor-") as datadir:
+        app, service = build_monitor(settings, spec, datadir)
+        asyncio.run(_serve(app, service, stop))
+        log.info("monitor stopped", extra={"fields": dict(service.counts)})
+
+
+async def _serve(app: faust.App, service: MonitorService, stop: threading.Event) -> None:
+    app.finalize()
+    await app.start()
+    try:
+        while not (stop.is_set() or app.should_stop or service.failure):
+            await asyncio.sleep(0.2)
+    finally:
+        if service.failure is not None:
+            service.owned.clear()  # a failed record's partition keeps its last checkpoint
+        await app.stop()
+    failure = service.failure or app.crash_reason
+    if failure is not None:
+        raise failure

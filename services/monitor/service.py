@@ -1,0 +1,218 @@
+"""The monitor's record handling and checkpoints, apart from faust's wiring (app.py).
+
+State is per input partition (outcomes and features partitions alike): a `DriftEngine`
+and the next offset to apply, checkpointed together (DESIGN §4). A partition is owned on
+assignment, or at its first record if that comes first: a new epoch fences any older
+owner, the checkpoint is restored, and records below its offset are skipped as applied
+already. faust never commits offsets here (its commits could run ahead of a checkpoint);
+a restarted monitor reads each partition from the start and skips up to the checkpoint.
+Alerts are sent before the checkpoint that covers their record is written, and re-sent
+identically after a crash; the alert id lets consumers drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from services.monitor.alert_store import AlertStore
+from services.monitor.engine import DriftEngine
+from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
+from shared.codec import CodecError, decode, encode
+from shared.messages import DeadLetter, DriftAlert, Event, FeatureRecord, Lineage, MessageError
+from shared.messages.outcome import Outcome
+from shared.settings import Settings
+from shared.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+SERVICE = "monitor"
+OUTCOMES, FEATURES, EVENTS = "outcomes", "features", "events"  # what an input topic holds
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value)
+
+
+class MonitorFencedError(RuntimeError):
+    """Another monitor took over a partition of this one's (a newer epoch)."""
+
+
+@dataclass
+class Owned:
+    store: CheckpointStore
+    epoch: int
+    engine: DriftEngine
+    next_offset: int
+    since_checkpoint: int = 0
+
+
+@dataclass
+class MonitorService:
+    spec: PipelineSpec
+    settings: Settings
+    inputs: dict[str, str]  # topic -> OUTCOMES | FEATURES | EVENTS
+    checkpoint_store: Callable[[str, int], CheckpointStore]
+    alerts: AlertStore
+    send: Send  # produces a record; awaited, delivery confirmed by `flush`
+    flush: Callable[[], Awaitable[None]]
+    owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    failure: BaseException | None = None  # set by the reader; the app then stops and raises
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def own(self, topic: str, partition: int) -> Owned:
+        """New epoch, then the partition's checkpoint (or a fresh engine)."""
+        owned = self.owned.get((topic, partition))
+        if owned is not None:
+            return owned
+        store = self.checkpoint_store(topic, partition)
+        epoch = store.new_epoch()
+        try:
+            info, (engine, next_offset) = store.load()
+            version: int | None = info.version
+        except CheckpointNotFoundError:
+            engine, next_offset, version = self._fresh(), 0, None
+        owned = self.owned[(topic, partition)] = Owned(store, epoch, engine, next_offset)
+        log.info(
+            "partition owned",
+            extra={
+                "fields": {
+                    "topic": topic,
+                    "partition": partition,
+                    "epoch": epoch,
+                    "restored_version": version,
+                    "next_offset": next_offset,
+                }
+            },
+        )
+        return owned
+
+    def _fresh(self) -> DriftEngine:
+        return DriftEngine(self.spec.name, self.spec.task, self.spec.drift)
+
+    async def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
+        """Apply one input record (once per checkpointed state), then checkpoint if due."""
+        async with self._lock:
+            await self._apply(topic, partition, offset, raw)
+        if self.due():
+            try:
+                await self.checkpoint(list(self.owned), "cadence")
+            except redis.RedisError as exc:  # nothing lost: the next cadence tries again
+                log.error("checkpoint failed; will retry", extra={"fields": {"error": str(exc)}})
+                self.last_checkpoint = time.monotonic()
+
+    async def _apply(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
+        # Under the lock: a checkpoint (revocation, shutdown) never sees a record's effect on
+        # the engine without its alerts sent and its offset passed.
+        owned = self.owned.get((topic, partition)) or self.own(topic, partition)
+        if offset < owned.next_offset:
+            self.counts["applied_already"] += 1
+            return
+        lineage = Lineage(topic, partition, offset)
+        try:
+            alerts = self._observe(owned.engine, self.inputs[topic], raw, lineage)
+        except (CodecError, MessageError) as exc:
+            await self._dead_letter(lineage, raw, exc.reason, str(exc))
+            alerts = []
+        for alert in alerts:
+            await self.send(
+                self.settings.topics.drift_alerts, alert.pipeline.encode(), encode(alert.to_wire())
+            )
+            log.warning(
+                "drift alert",
+                extra={
+                    "fields": {
+                        "kind": alert.kind,
+                        "model": alert.model,
+                        "signal": alert.signal,
+                        "event_id": alert.event_id,
+                    }
+                },
+            )
+        if alerts:
+            self.counts["alerts"] += len(alerts)
+            self.alerts.add(alerts)
+        owned.next_offset = offset + 1
+        owned.since_checkpoint += 1
+        self.counts["records"] += 1
+
+    def _observe(
+        self, engine: DriftEngine, kind: str, raw: bytes | None, lineage: Lineage
+    ) -> list[DriftAlert]:
+        obj = decode(raw, self.settings.max_message_bytes)
+        if kind == OUTCOMES:
+            outcome = Outcome.from_wire(obj)
+            if outcome.pipeline != self.spec.name:
+                self.counts["other_pipeline"] += 1
+                return []
+            return engine.observe_outcome(outcome, lineage)
+        if kind == FEATURES:
+            record = FeatureRecord.from_wire(obj)
+            e = record.event
+            return engine.observe_features(e.event_id, e.ts, record.features, lineage)
+        event = Event.from_wire(obj)
+        return engine.observe_features(event.event_id, event.ts, event.data, lineage)
+
+    async def _dead_letter(
+        self, lineage: Lineage, raw: bytes | None, reason: str, message: str
+    ) -> None:
+        envelope = DeadLetter.of(
+            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, raw
+        )
+        await self.send(self.settings.topics.events_dlq, None, encode(envelope.to_wire()))
+        self.counts["dead_lettered"] += 1
+        log.warning(
+            "record dead-lettered",
+            extra={
+                "fields": {
+                    "reason": reason,
+                    "error": message,
+                    "topic": lineage.topic,
+                    "offset": lineage.offset,
+                }
+            },
+        )
+
+    def due(self) -> bool:
+        records = sum(o.since_checkpoint for o in self.owned.values())
+        return records >= self.settings.checkpoint_every_records or (
+            records > 0
+            and time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s
+        )
+
+    async def checkpoint(self, partitions: list[tuple[str, int]], reason: str) -> None:
+        """Alerts delivered first, then each partition's engine with its next offset."""
+        async with self._lock:
+            await self._checkpoint(partitions, reason)
+
+    async def _checkpoint(self, partitions: list[tuple[str, int]], reason: str) -> None:
+        await self.flush()
+        for tp in partitions:
+            owned = self.owned.get(tp)
+            if owned is None:
+                continue
+            meta = {"reason": reason, "next_offset": owned.next_offset, **owned.engine.counts}
+            try:
+                owned.store.write(owned.epoch, (owned.engine, owned.next_offset), meta)
+            except StaleEpochError as exc:
+                raise MonitorFencedError(
+                    f"{tp[0]}[{tp[1]}] was taken over by another monitor: {exc}"
+                ) from exc
+            owned.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+
+    async def release(self, partitions: list[tuple[str, int]], reason: str) -> None:
+        """Revoked or stopping: checkpoint, then forget (the next owner restores from here)."""
+        async with self._lock:
+            mine = [tp for tp in partitions if tp in self.owned]
+            if mine:
+                await self._checkpoint(mine, reason)
+            for tp in mine:
+                del self.owned[tp]
