@@ -85,6 +85,10 @@ def build_monitor(
     for name in inputs:
         app.agent(_raw_topic(app, name), name=f"monitor-{name}")(_reader(service))
 
+    @app.timer(interval=1.0)
+    async def cadence() -> None:
+        await service.maybe_checkpoint()
+
     # faust's signals call receivers with the app, the signal's argument and `signal=`.
     async def assigned(_app: Any, assigned: Any, **_: Any) -> None:
         for tp in sorted(assigned):

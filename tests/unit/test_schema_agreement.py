@@ -71,6 +71,27 @@ def test_code_outputs_validate_against_their_schemas():
     assert FeatureRecord.from_wire(record.to_wire()) == record
     bad = {**record.to_wire(), "event": {"event_id": "e"}}
     assert not validator("features/v1").is_valid(bad)
+    o = Outcome(
+        "e",
+        "u",
+        1.0,
+        "p",
+        "m",
+        2,
+        "binary",
+        True,
+        ((False, 0.25), (True, 0.75)),
+        False,
+        "topic",
+        4,
+        Lineage("features", 0, 9),
+    )
+    validator("outcome/v1").validate(o.to_wire())
+    assert Outcome.from_wire(o.to_wire()) == o
+    with pytest.raises(MessageError, match="label_source must be one of"):
+        Outcome.from_wire({**o.to_wire(), "label_source": "guess"})
+    with pytest.raises(MessageError, match="label must not be null"):
+        Outcome.from_wire({**o.to_wire(), "label": None})
     alert = DriftAlert(
         "a1",
         "p",

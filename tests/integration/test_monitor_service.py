@@ -1,0 +1,255 @@
+"""The drift monitor on a real broker and Redis: the alerts equal the engine's in-process
+ones, nothing is lost or applied twice across SIGKILLs, bad records are dead-lettered."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from river import linear_model, preprocessing
+from river.datasets import synth
+
+from services.launch import start_service
+from services.monitor.alert_store import AlertStore
+from services.monitor.engine import DriftEngine
+from shared.checkpoint.store import CheckpointStore
+from shared.codec import encode
+from shared.kafka import SafeProducer
+from shared.messages import DriftAlert, Event, Lineage, Outcome
+from shared.redis_store import RedisStore
+from shared.settings import Settings
+from shared.spec import parse_spec
+
+from .conftest import service_env
+from .helpers import read_until, wait_until
+
+pytestmark = pytest.mark.integration
+
+SPEC = """
+name: drift
+task: binary
+models:
+  - name: lr
+    river:
+      pipeline: [river.preprocessing.StandardScaler, river.linear_model.LogisticRegression]
+"""
+N, DRIFT_AT, SHIFT_AT = 30_000, 15_000, 20_000
+SHIFTED = "x1"
+
+
+def stream(n: int = N) -> Iterator[tuple[Event, Outcome]]:
+    """SEA whose concept changes abruptly at DRIFT_AT, and whose feature x1 moves up by
+    one standard deviation at SHIFT_AT; each event with the outcome test-then-train gives."""
+    sea = itertools.chain(
+        itertools.islice(synth.SEA(seed=42, variant=0), DRIFT_AT), synth.SEA(seed=7, variant=2)
+    )
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    for i, (x, y) in enumerate(itertools.islice(sea, n)):
+        data = {f"x{k}": v for k, v in x.items()}
+        if i >= SHIFT_AT:
+            data[SHIFTED] += 2.887  # SEA's features are uniform on [0, 10]
+        p = model.predict_one(data)
+        model.learn_one(data, y)
+        event = Event(f"e{i}", f"u{i % 50}", 1_700_000_000.0 + i, data, y)
+        outcome = Outcome(
+            event.event_id,
+            event.entity,
+            event.ts,
+            "drift",
+            "lr",
+            3,
+            "binary",
+            p,
+            None,
+            y,
+            "inline",
+            0,
+            Lineage("features", 0, i),
+        )
+        yield event, outcome
+
+
+def load(settings: Settings, records: list[tuple[Event, Outcome]]) -> None:
+    """Events on events.valid and outcomes on outcomes, offset i for record i; then, on
+    each, a record that cannot be decoded and (outcomes) one of another pipeline."""
+    topics = settings.topics
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for event, outcome in records:
+        key = event.entity.encode()
+        producer.produce(topics.events_valid, encode(event.to_wire()), key)
+        producer.produce(topics.outcomes, encode(outcome.to_wire()), key)
+    producer.produce(topics.events_valid, b"\xc1", b"u1")
+    producer.produce(topics.outcomes, b"{not json", b"u1")
+    other = Outcome(
+        "o1",
+        "u1",
+        1.0,
+        "another",
+        "lr",
+        0,
+        "binary",
+        True,
+        None,
+        False,
+        "inline",
+        0,
+        Lineage("features", 0, 0),
+    )
+    producer.produce(topics.outcomes, encode(other.to_wire()), b"u1")
+    producer.close()
+
+
+def in_process(settings: Settings, records: list[tuple[Event, Outcome]]) -> list[DriftAlert]:
+    """The alerts of two engines fed the same records in the same order."""
+    spec = parse_spec(SPEC)
+    topics = settings.topics
+    outcomes, features = (DriftEngine("drift", "binary", spec.drift) for _ in range(2))
+    alerts: list[DriftAlert] = []
+    for i, (event, outcome) in enumerate(records):
+        alerts += features.observe_features(
+            event.event_id, event.ts, event.data, Lineage(topics.events_valid, 0, i)
+        )
+        alerts += outcomes.observe_outcome(outcome, Lineage(topics.outcomes, 0, i))
+    return alerts
+
+
+def alerts_on_topic(settings: Settings, expected: int, settle: float = 2.0) -> list[DriftAlert]:
+    values = read_until(
+        settings.kafka_bootstrap,
+        settings.topics.drift_alerts,
+        lambda got: len({v["alert_id"] for v in got}) >= expected,
+        f"{expected} distinct alerts",
+        timeout=120,
+        settle=settle,
+    )
+    return [DriftAlert.from_wire(v) for v in values]
+
+
+def position(alert: DriftAlert) -> tuple[str, int]:
+    return alert.lineage.topic, alert.lineage.offset
+
+
+def checkpoint(settings: Settings, topic: str) -> dict[str, Any]:
+    """The newest checkpoint's metadata of the monitor's partition 0 of `topic`."""
+    store = CheckpointStore(
+        RedisStore(settings.redis_url).client, "drift", f"monitor-{topic}-p0", b"unused"
+    )
+    versions = store.versions()
+    return versions[0].meta if versions else {}
+
+
+def applied(settings: Settings, topic: str) -> int:
+    return int(checkpoint(settings, topic).get("next_offset", 0))
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "drift.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_alerts_equal_the_in_process_engines_and_a_restart_applies_nothing_twice(
+    settings, spec_file
+):
+    records = list(stream())
+    expected = in_process(settings, records)
+    kinds = sorted((a.kind, a.signal) for a in expected)
+    assert ("concept", "error") in kinds
+    assert ("covariate", SHIFTED) in kinds
+    assert not [a for a in expected if a.kind == "covariate" and a.signal != SHIFTED]
+    load(settings, records)
+    env = {**service_env(settings), "HEADWATER_CHECKPOINT_INTERVAL_S": "1"}
+    proc = start_service("monitor", spec_file, env)
+    try:
+        got = alerts_on_topic(settings, len(expected))
+        dead = read_until(
+            settings.kafka_bootstrap,
+            settings.topics.events_dlq,
+            lambda got: len(got) >= 2,
+            "2 dead letters",
+        )
+        wait_until(
+            lambda: applied(settings, settings.topics.outcomes) == N + 2, "a checkpoint", proc
+        )
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail(40)
+    # the same alerts (ids, statistics), each input's in its order; the two inputs interleave
+    # as they are fetched
+    assert sorted(got, key=position) == sorted(expected, key=position)
+    for topic in (settings.topics.outcomes, settings.topics.events_valid):
+        assert [a for a in got if a.lineage.topic == topic] == [
+            a for a in expected if a.lineage.topic == topic
+        ]
+    assert sorted((d["source_topic"], d["reason"]) for d in dead) == sorted(
+        [(settings.topics.events_valid, "bad_msgpack"), (settings.topics.outcomes, "bad_json")]
+    )
+    stored = AlertStore(RedisStore(settings.redis_url).client, "drift").latest(100)
+    assert [a["alert_id"] for a in stored] == [
+        a.alert_id for a in sorted(expected, key=lambda a: a.ts, reverse=True)
+    ]
+    meta = checkpoint(settings, settings.topics.outcomes)
+    assert meta["reason"] == "shutdown"
+    assert meta["outcomes"] == N  # each of this pipeline's outcomes once
+
+    # Restarted: everything before the checkpoint is skipped, the new records are applied.
+    more = list(stream(N + 100))[N:]
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for _event, outcome in more:
+        producer.produce(settings.topics.outcomes, encode(outcome.to_wire()), b"u1")
+    producer.close()
+    proc = start_service("monitor", spec_file, env)
+    try:
+        wait_until(
+            lambda: applied(settings, settings.topics.outcomes) == N + 102, "the new records", proc
+        )
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail(40)
+    assert checkpoint(settings, settings.topics.outcomes)["outcomes"] == N + 100
+    again = alerts_on_topic(settings, len(expected), settle=1.0)
+    assert sorted(again, key=position) == sorted(expected, key=position)  # none re-sent
+
+
+def test_sigkill_at_random_moments_loses_no_alert_and_applies_no_record_twice(settings, spec_file):
+    records = list(stream())
+    expected = in_process(settings, records)
+    load(settings, records)
+    env = {
+        **service_env(settings),
+        "HEADWATER_CHECKPOINT_EVERY_RECORDS": "1500",
+        "HEADWATER_SESSION_TIMEOUT_MS": "2000",  # a killed member's partitions move sooner
+    }
+    rng = random.Random(3)
+    outcomes = settings.topics.outcomes
+    kills_mid_stream = 0
+    for _ in range(4):
+        before = applied(settings, outcomes)
+        proc = start_service("monitor", spec_file, env)
+        try:
+            wait_until(lambda: applied(settings, outcomes) > before, "progress", proc)  # noqa: B023
+            time.sleep(rng.uniform(0.0, 0.5))
+        finally:
+            proc.kill()
+            proc.cleanup()
+        kills_mid_stream += applied(settings, outcomes) < N
+    proc = start_service("monitor", spec_file, env)
+    try:
+        got = alerts_on_topic(settings, len(expected))
+        wait_until(lambda: applied(settings, outcomes) == N + 2, "the whole stream", proc)
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail(40)
+    assert kills_mid_stream == 4
+    first: dict[str, DriftAlert] = {}
+    for alert in got:
+        assert first.setdefault(alert.alert_id, alert) == alert  # a re-sent alert is identical
+    assert sorted(first.values(), key=position) == sorted(expected, key=position)
+    # every record applied exactly once, across five runs
+    assert checkpoint(settings, outcomes)["outcomes"] == N
+    assert checkpoint(settings, settings.topics.events_valid)["feature_records"] == N
