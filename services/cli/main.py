@@ -217,6 +217,35 @@ def bench_learner(
     )
 
 
+@bench_app.command("drift")
+def bench_drift(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    drift_events: Annotated[
+        int, typer.Option(min=2000, help="Events in each drifting stream (drift in the middle).")
+    ] = 20_000,
+    stationary_events: Annotated[
+        int, typer.Option(min=1000, help="Events in the stationary stream.")
+    ] = 100_000,
+    detector: Annotated[
+        list[str] | None,
+        typer.Option(help="A river.drift detector by dotted name (repeat; default: six of them)."),
+    ] = None,
+) -> None:
+    """Drift detectors through the whole pipeline against the same detectors in-process."""
+    from services.bench.drift_bench import DETECTORS, DriftBenchError, run_drift_bench
+    from shared.spec import SpecError
+
+    chosen = tuple(detector) if detector else DETECTORS
+    try:
+        _bench(
+            as_json,
+            lambda say: run_drift_bench(drift_events, stationary_events, chosen, say=say),
+            [],
+        )
+    except (SpecError, DriftBenchError) as exc:
+        raise fail(str(exc)) from None
+
+
 @bench_app.command("features")
 def bench_features(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

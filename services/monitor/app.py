@@ -31,10 +31,15 @@ NEVER: Seconds = 10 * 365 * 86400.0  # faust commits no offsets: checkpoints hol
 
 
 def monitor_inputs(settings: Settings, spec: PipelineSpec) -> dict[str, str]:
+    """Outcomes, and what the models read (for covariate drift, unless it is off)."""
     topics = settings.topics
-    if spec.features is not None:
-        return {topics.outcomes: OUTCOMES, topics.features: FEATURES}
-    return {topics.outcomes: OUTCOMES, topics.events_valid: EVENTS}
+    inputs = {topics.outcomes: OUTCOMES}
+    if spec.drift.covariate.enabled:
+        if spec.features is not None:
+            inputs[topics.features] = FEATURES
+        else:
+            inputs[topics.events_valid] = EVENTS
+    return inputs
 
 
 def build_monitor(

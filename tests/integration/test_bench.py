@@ -63,3 +63,39 @@ def test_bench_ingest_json_reports_the_service_and_the_raw_loop():
     assert figures["ratio"] == figures["ingest_events_per_s"] / figures["raw_events_per_s"]
     assert figures["duplicates"] > 0
     assert figures["invalid"] > 0
+
+
+def test_bench_drift_json_reports_each_detector_and_agrees_with_in_process():
+    result = headwater(
+        "bench", "drift", "--json", "--drift-events", "8000", "--stationary-events", "4000",
+        "--detector", "river.drift.ADWIN", "--detector", "river.drift.binary.DDM",
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    entries = figures["detectors"]
+    assert sorted((e["name"], e["stream"]) for e in entries) == sorted(
+        (name, stream)
+        for name in ("ADWIN", "DDM")
+        for stream in ("sea-abrupt", "sea-gradual", "agrawal-abrupt", "sea-stationary")
+    )
+    for e in entries:
+        assert e["matches_inprocess"] is True, e
+        assert e["false_alarms_per_100k"] >= 0
+        if e["drift_kind"] == "none":
+            assert (e["missed"], e["delay_events"]) == (0, None)
+        else:
+            assert e["missed"] in (0, 1)
+    abrupt = next(e for e in entries if (e["name"], e["stream"]) == ("ADWIN", "sea-abrupt"))
+    assert abrupt["alerts"] >= 1  # the in-process agreement compared real alerts
+    assert abrupt["missed"] == 0
+    assert 0 <= abrupt["delay_events"] < 1000
+    assert [s["name"] for s in figures["streams"]] == [
+        "sea-abrupt", "sea-gradual", "agrawal-abrupt", "sea-stationary",
+    ]  # fmt: skip
+
+
+def test_bench_drift_refuses_an_unknown_detector_before_streaming():
+    result = headwater("bench", "drift", "--detector", "river.drift.Nope", timeout=60)
+    assert result.returncode == 1
+    assert "river.drift.Nope does not exist" in result.stderr

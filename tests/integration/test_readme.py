@@ -49,7 +49,7 @@ def test_external_client_gets_a_prediction_from_a_running_learner(stack, tmp_pat
 
 def test_readme_names_every_cli_command():
     help_text = headwater("--help").stdout
-    for command in ("demo", "stack", "run", "datasets", "replay", "record", "spec"):
+    for command in ("demo", "stack", "run", "datasets", "replay", "record", "spec", "bench"):
         assert command in help_text
         assert f"headwater {command}" in README
     for variable in re.findall(r"`(HEADWATER_[A-Z_]+)`", README):
@@ -60,9 +60,10 @@ def test_readme_names_every_cli_command():
 
 def test_readme_spec_examples_are_valid_specs():
     from shared.spec import IngestPolicy, parse_spec
+    from shared.spec.drift import DriftSpec
 
     blocks = re.findall(r"```yaml\n(.*?)```", README, re.S)
-    assert len(blocks) == 3, "expected the pipeline spec, features and ingest examples"
+    assert len(blocks) == 4, "expected the pipeline spec, features, ingest and drift examples"
     full = parse_spec(blocks[0], "README pipeline spec")
     assert [m.name for m in full.models] == ["logreg", "tree", "vw"]
     assert full.ingest.dedupe_horizon_s == 3600
@@ -76,3 +77,5 @@ def test_readme_spec_examples_are_valid_specs():
     assert "country_distinct_count_1h" in with_features.features.names()
     with_ingest = parse_spec(minimal + blocks[2], "README ingest example")
     assert with_ingest.ingest == IngestPolicy()  # the example shows the defaults
+    with_drift = parse_spec(minimal + blocks[3], "README drift example")
+    assert with_drift.drift == DriftSpec()  # the example shows the defaults
