@@ -45,10 +45,11 @@ format: setup ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax
+bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax; drift detectors
 	$(BIN)/headwater bench ingest
 	$(BIN)/headwater bench learner
 	$(BIN)/headwater bench features
+	$(BIN)/headwater bench drift
 
 stack: setup ## Start a local broker and Redis until Ctrl-C
 	$(BIN)/headwater stack
