@@ -10,14 +10,12 @@ from shared.messages.errors import MessageError
 from shared.messages.fields import (
     Scalar,
     check_fields,
-    id_string,
     label_value,
     non_negative_int,
     require_mapping,
-    timestamp,
 )
 from shared.messages.lineage import Lineage
-from shared.messages.prediction import TASKS, proba_pairs
+from shared.messages.prediction import scored_fields
 
 LABEL_SOURCES = ("inline", "topic", "default")
 
@@ -77,33 +75,16 @@ class Outcome(msgspec.Struct, frozen=True):
         """For readers of the outcomes topic (the monitor): every field checked."""
         m = require_mapping(obj, cls.KIND)
         check_fields(m, cls.KIND, cls.REQUIRED, _FIELDS)
-        for name in ("pipeline", "model"):
-            if not isinstance(m[name], str) or not m[name]:
-                raise MessageError("wrong_type", f"{name} must be a non-empty string")
-        if m["task"] not in TASKS:
-            raise MessageError("bad_value", f"task must be one of {TASKS}, got {m['task']!r}")
         if m["label_source"] not in LABEL_SOURCES:
             raise MessageError("bad_value", f"label_source must be one of {LABEL_SOURCES}")
-        prediction = m["prediction"]
-        if prediction is not None and not isinstance(prediction, str):
-            prediction = label_value(prediction, "prediction", nullable=True)
         label = m["label"]
         if not isinstance(label, str):
             label = label_value(label, "label", nullable=False)
         return cls(
-            event_id=id_string(m["event_id"], "event_id"),
-            entity=id_string(m["entity"], "entity"),
-            ts=timestamp(m["ts"], "ts"),
-            pipeline=m["pipeline"],
-            model=m["model"],
-            model_version=non_negative_int(m["model_version"], "model_version"),
-            task=m["task"],
-            prediction=prediction,
-            proba=proba_pairs(m["proba"]),
+            **scored_fields(m),
             label=label,
             label_source=m["label_source"],
             label_lag_events=non_negative_int(m["label_lag_events"], "label_lag_events"),
-            lineage=Lineage.from_wire(m["lineage"]),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -67,26 +68,32 @@ class Prediction(msgspec.Struct, frozen=True):
     def from_wire(cls, obj: Any) -> Prediction:
         m = require_mapping(obj, cls.KIND)
         check_fields(m, cls.KIND, cls.REQUIRED, _FIELDS)
-        for name in ("pipeline", "model"):
-            if not isinstance(m[name], str) or not m[name]:
-                raise MessageError("wrong_type", f"{name} must be a non-empty string")
-        if m["task"] not in TASKS:
-            raise MessageError("bad_value", f"task must be one of {TASKS}, got {m['task']!r}")
-        prediction = m["prediction"]
-        if prediction is not None and not isinstance(prediction, str):
-            prediction = label_value(prediction, "prediction", nullable=True)
-        return cls(
-            event_id=id_string(m["event_id"], "event_id"),
-            entity=id_string(m["entity"], "entity"),
-            ts=timestamp(m["ts"], "ts"),
-            pipeline=m["pipeline"],
-            model=m["model"],
-            model_version=non_negative_int(m["model_version"], "model_version"),
-            task=m["task"],
-            prediction=prediction,
-            proba=proba_pairs(m["proba"]),
-            lineage=Lineage.from_wire(m["lineage"]),
-        )
+        return cls(**scored_fields(m))
+
+
+def scored_fields(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields prediction/v1 and outcome/v1 share (what was scored, by which model, and
+    what it said), each checked."""
+    for name in ("pipeline", "model"):
+        if not isinstance(m[name], str) or not m[name]:
+            raise MessageError("wrong_type", f"{name} must be a non-empty string")
+    if m["task"] not in TASKS:
+        raise MessageError("bad_value", f"task must be one of {TASKS}, got {m['task']!r}")
+    prediction = m["prediction"]
+    if prediction is not None and not isinstance(prediction, str):
+        prediction = label_value(prediction, "prediction", nullable=True)
+    return {
+        "event_id": id_string(m["event_id"], "event_id"),
+        "entity": id_string(m["entity"], "entity"),
+        "ts": timestamp(m["ts"], "ts"),
+        "pipeline": m["pipeline"],
+        "model": m["model"],
+        "model_version": non_negative_int(m["model_version"], "model_version"),
+        "task": m["task"],
+        "prediction": prediction,
+        "proba": proba_pairs(m["proba"]),
+        "lineage": Lineage.from_wire(m["lineage"]),
+    }
 
 
 def proba_pairs(value: Any) -> tuple[tuple[Scalar, float], ...] | None:

@@ -48,6 +48,14 @@ def outcomes(stream: Iterator[tuple[dict, bool]], n: int) -> Iterator[tuple[Outc
         )
 
 
+def scored(i: int, task: str, prediction: object, label: object) -> Outcome:
+    """Outcome i of model "m", at offset i of the outcomes topic."""
+    return Outcome(
+        f"e{i}", "u", float(i), "p", "m", 0, task, prediction, None, label, "inline", 0,
+        Lineage("outcomes", 0, i),
+    )  # fmt: skip
+
+
 def abrupt(variant_after: int = 2) -> Iterator[tuple[dict, bool]]:
     before = synth.SEA(seed=42, variant=0)
     return itertools.chain(
@@ -168,21 +176,7 @@ drift:
         # the error rate jumps every 1,000 events: DDM fires after most jumps
         rate = 0.05 if (i // 1000) % 2 == 0 else 0.6
         label = rng.random() >= rate
-        o = Outcome(
-            f"e{i}",
-            "u",
-            float(i),
-            "p",
-            "lr",
-            0,
-            "binary",
-            True,
-            None,
-            label,
-            "inline",
-            0,
-            Lineage("outcomes", 0, i),
-        )
+        o = scored(i, "binary", True, label)
         alerts += engine.observe_outcome(o, o.lineage)
     positions = [at(a) for a in alerts]
     assert len(positions) >= 3
@@ -197,21 +191,7 @@ def test_regression_errors_are_absolute_and_missing_predictions_are_skipped():
     for i in range(20_000):
         label = rng.gauss(10.0, 1.0)
         prediction = None if i % 100 == 0 else label + rng.gauss(0.0, 0.1 if i < 10_000 else 3.0)
-        o = Outcome(
-            f"e{i}",
-            "u",
-            float(i),
-            "p",
-            "m",
-            2,
-            "regression",
-            prediction,
-            None,
-            label,
-            "topic",
-            3,
-            Lineage("outcomes", 0, i),
-        )
+        o = scored(i, "regression", prediction, label)
         alerts += engine.observe_outcome(o, o.lineage)
     concept = [a for a in alerts if a.kind == "concept"]
     assert concept
