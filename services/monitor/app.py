@@ -92,7 +92,10 @@ def build_monitor(
 
     @app.timer(interval=1.0)
     async def cadence() -> None:
-        await service.maybe_checkpoint()
+        try:
+            await service.maybe_checkpoint()
+        except Exception as exc:  # fenced, or a bug: stop, as a failing record does
+            service.failure = service.failure or exc
 
     # faust's signals call receivers with the app, the signal's argument and `signal=`.
     async def assigned(_app: Any, assigned: Any, **_: Any) -> None:

@@ -253,3 +253,48 @@ def test_sigkill_at_random_moments_loses_no_alert_and_applies_no_record_twice(se
     # every record applied exactly once, across five runs
     assert checkpoint(settings, outcomes)["outcomes"] == N
     assert checkpoint(settings, settings.topics.events_valid)["feature_records"] == N
+
+
+def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
+    """Two owners of one partition (the first paused past its session): the newer epoch
+    wins; the older one's checkpoint is refused and nothing of it is written."""
+    import asyncio
+
+    from services.monitor.service import OUTCOMES, MonitorFencedError, MonitorService
+
+    client = RedisStore(settings.redis_url).client
+    sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        sent.append((topic, key, value))
+
+    async def flush() -> None:
+        return None
+
+    def monitor() -> MonitorService:
+        return MonitorService(
+            parse_spec(SPEC),
+            settings,
+            {settings.topics.outcomes: OUTCOMES},
+            lambda t, p: CheckpointStore(client, "drift", f"monitor-{t}-p{p}", b"k"),
+            AlertStore(client, "drift"),
+            send,
+            flush,
+        )
+
+    records = [encode(o.to_wire()) for _, o in stream(20)]
+    topic = settings.topics.outcomes
+
+    async def scenario() -> None:
+        stale, newer = monitor(), monitor()
+        for offset, raw in enumerate(records[:10]):
+            await stale.handle(topic, 0, offset, raw)
+        for offset, raw in enumerate(records):  # took over: applies all 20 from scratch
+            await newer.handle(topic, 0, offset, raw)
+        await newer.checkpoint([(topic, 0)], "cadence")
+        with pytest.raises(MonitorFencedError, match="taken over by another monitor"):
+            await stale.checkpoint([(topic, 0)], "cadence")
+
+    asyncio.run(scenario())
+    meta = checkpoint(settings, topic)
+    assert (meta["next_offset"], meta["outcomes"]) == (20, 20)  # the newer owner's, intact
