@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ def read_all(
     bootstrap: str,
     topic: str,
     expected: int,
-    procs: list[ManagedProcess] = (),  # type: ignore[assignment]
+    procs: Sequence[ManagedProcess] = (),
     timeout: float = 300,
 ) -> list[Any]:
     """The first `expected` records of a one-partition topic, decoded. (Counted by reading:

@@ -116,7 +116,7 @@ class MonitorService:
     async def _apply(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         # Under the lock: a checkpoint (revocation, shutdown) never sees a record's effect on
         # the engine without its alerts sent and its offset passed.
-        owned = self.owned.get((topic, partition)) or self.own(topic, partition)
+        owned = self.own(topic, partition)  # the owned one, or owned now
         if offset < owned.next_offset:
             self.counts["applied_already"] += 1
             return
