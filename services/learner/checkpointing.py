@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.learner.core import LearnerCore
+from services.learner.reaction import carried_over
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.kafka import BatchConsumer, SafeProducer
 
@@ -60,6 +61,7 @@ def restore(store: CheckpointStore, fresh: LearnerCore) -> tuple[LearnerState, i
             f"the pipeline's checkpoints ({store.base}:*) to start over"
         )
     state.core.model_version = info.version
+    state.core.reactions = carried_over(state.core.reactions, fresh.reactions)
     log.info(
         "restored checkpoint",
         extra={"fields": {"version": info.version, "events_seen": state.core.events_seen}},

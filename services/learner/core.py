@@ -21,7 +21,8 @@ from typing import Any
 
 from river import utils
 
-from services.learner.outputs import Joined, Scores, outcomes, predictions
+from services.learner.outputs import Joined, Mark, Scores, mark_outcomes, outcomes, predictions
+from services.learner.reaction import Reactions
 from services.learner.window_metric import WindowMetric, rolling
 from shared.messages import Event, Label, Lineage, Outcome, Prediction
 from shared.models import ModelAdapter, build_model
@@ -79,6 +80,10 @@ class LearnerCore:
     track_metrics: bool = True
     # Outcomes of the last `process`/`process_label` call (drained, so never checkpointed).
     outbox: list[Outcome] = field(default_factory=list)
+    # The spec's reaction to concept drift (reaction.py); None without one. Checkpointed.
+    reactions: Reactions | None = None
+    # Where the last calls reacted, drained by the caller (so never checkpointed).
+    marks: list[Mark] = field(default_factory=list)
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
     _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _metric_plan: MetricPlan = field(default=(), init=False, repr=False, compare=False)
@@ -87,8 +92,14 @@ class LearnerCore:
         state = dict(self.__dict__)
         state["_plan"] = None
         state["outbox"] = []
+        state["marks"] = []
         state["track_metrics"] = True  # a restored core is whole; a service opts out again
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("reactions", None)  # a checkpoint from before reactions existed
+        state.setdefault("marks", [])
+        self.__dict__.update(state)
 
     @property
     def plan(self) -> tuple[Step, ...]:
@@ -140,7 +151,9 @@ class LearnerCore:
                 else [default_metric(spec.task)]
             )
             metrics[m.name] = overall + [rolling(x, spec.metrics_window) for x in overall]
-        return cls(spec.name, spec.task, models, metrics, spec.labels)
+        core = cls(spec.name, spec.task, models, metrics, spec.labels)
+        core.reactions = Reactions.from_spec(spec)
+        return core
 
     def score(
         self, event_id: str, entity: str, ts: float, x: dict[str, Any], label: Any
@@ -154,10 +167,11 @@ class LearnerCore:
         `check_label`: the caller's side of a model process does both."""
         plan = self._plan or self.plan
         joined: list[Joined] = []
-        if label is not None and len(plan) == 1:
+        if label is not None and len(plan) == 1 and self.reactions is None:
             # One model, the commonest pipeline: predict and learn in one call (one pass for
             # VW). With several, all predict before any learns, so a record one of them
-            # cannot take (dead-lettered) teaches none of them.
+            # cannot take (dead-lettered) teaches none of them. (A reaction needs the steps
+            # apart: a fallback on trial predicts before the model learns.)
             step = plan[0]
             scores: Scores = (step.predict_learn(x, label),)
             self.events_seen += 1
@@ -174,9 +188,9 @@ class LearnerCore:
         self.events_seen += 1
         early = self.early.pop(event_id, None) if self.early else None
         if label is not None:
-            self._learn(plan, x, label, scores)
+            self._learn(plan, x, label, scores, event_id)
         elif early is not None:
-            self._learn(plan, x, early[0], scores)
+            self._learn(plan, x, early[0], scores, event_id)
             joined.append((event_id, entity, ts, self.model_version, scores, early[0], "topic", 0))
         else:
             self.pending.pop(event_id, None)
@@ -197,7 +211,7 @@ class LearnerCore:
             self.early[event_id] = (label, self.events_seen)
             return "early", []
         lag = self.events_seen - waiting.seq
-        self._learn(self.plan, waiting.x, label, waiting.scores)
+        self._learn(self.plan, waiting.x, label, waiting.scores, event_id)
         w = waiting
         return "joined", [(event_id, w.entity, w.ts, w.version, w.scores, label, "topic", lag)]
 
@@ -214,6 +228,7 @@ class LearnerCore:
         names, pipeline, task = self.model_names, self.pipeline, self.task
         for j in joined:
             self.outbox.extend(outcomes(j, names, pipeline, task, lineage))
+        self._mark_outbox()
         return predictions(event, self.model_version, scores, names, pipeline, task, lineage)
 
     def process_label(self, label: Label, lineage: Lineage | None = None) -> str:
@@ -223,7 +238,13 @@ class LearnerCore:
         if lineage is not None:
             for j in joined:
                 self.outbox.extend(outcomes(j, self.model_names, self.pipeline, self.task, lineage))
+        self._mark_outbox()
         return status
+
+    def _mark_outbox(self) -> None:
+        if self.marks:
+            mark_outcomes(self.outbox, self.marks)
+            self.marks.clear()
 
     def _expire(self, joined: list[Joined]) -> None:
         """Past the horizon, predictions get the default label (or none); labels give up."""
@@ -241,23 +262,37 @@ class LearnerCore:
                 self.expired_unlabelled += 1
             else:
                 lag = self.events_seen - w.seq
-                self._learn(self.plan, w.x, default, w.scores)
+                self._learn(self.plan, w.x, default, w.scores, event_id)
                 joined.append(
                     (event_id, w.entity, w.ts, w.version, w.scores, default, "default", lag)
                 )
                 self.expired_defaulted += 1
 
     def _learn(
-        self, plan: tuple[Step, ...], x: Mapping[str, Any], label: Any, scores: Scores
+        self,
+        plan: tuple[Step, ...],
+        x: Mapping[str, Any],
+        label: Any,
+        scores: Scores,
+        event_id: str,
     ) -> None:
         """Score the predictions made before, learn once on the frozen features."""
         learned = self.learned
         if self.track_metrics:
             update_metrics(self._metric_plan, label, scores)
+        reactions = self.reactions
+        if reactions is not None and reactions.trials:
+            reactions.try_fresh(self.models, x, label)
         for step in plan:
             step.learn(x, label)
             learned[step.name] += 1
         self.labels_learned += 1
+        if reactions is not None:
+            models = self.models
+            replaced = reactions.trials and reactions.settle_trials(models)
+            predictions = [(s.name, score[0]) for s, score in zip(plan, scores, strict=True)]
+            if reactions.observe(models, event_id, label, predictions, self.marks) or replaced:
+                self._plan = None  # the next record binds the new models' calls
 
     def metric_values(self) -> dict[str, dict[str, float]]:
         return metric_values(self.metrics)

@@ -6,9 +6,18 @@ publishing side builds prediction/v1 and outcome/v1 records from them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
+from shared.codec import encode
 from shared.messages import Event, Lineage, Outcome, Prediction
+from shared.messages.outcome import Reaction
+
+# Where the learner reacted to concept drift (reaction.py): (event_id, model, detector,
+# action, statistics), put on that outcome as its `reaction`.
+Mark = tuple[str, str, str, str, dict[str, float]]
 
 Scalar = int | float | str | bool | None
 Proba = tuple[tuple[Scalar, float], ...]
@@ -59,3 +68,33 @@ def outcomes(
         )
         for name, (pred, proba) in zip(names, scores, strict=True)
     ]
+
+
+def reaction_at(marks: Sequence[Mark], event_id: str, model: str) -> Reaction | None:
+    for m_event, m_model, detector, action, statistics in marks:
+        if m_event == event_id and m_model == model:
+            return Reaction(detector, action, dict(statistics))
+    return None
+
+
+def mark_outcomes(outbox: list[Outcome], marks: Sequence[Mark]) -> None:
+    """Put each mark on its outcome, in place."""
+    for i, o in enumerate(outbox):
+        reaction = reaction_at(marks, o.event_id, o.model)
+        if reaction is not None:
+            outbox[i] = msgspec.structs.replace(o, reaction=reaction)
+
+
+def mark_records(
+    records: list[tuple[bytes, bytes | None]], start: int, marks: Sequence[Mark]
+) -> None:
+    """`mark_outcomes` on encoded (value, key) outcome records from `start` on: the same
+    bytes as an outcome/v1 built with its reaction (the field comes last either way). Rare:
+    at most one a model per cool-down."""
+    for i in range(start, len(records)):
+        value, key = records[i]
+        wire = msgspec.msgpack.decode(value)
+        reaction = reaction_at(marks, wire["event_id"], wire["model"])
+        if reaction is not None:
+            wire["reaction"] = reaction.to_wire()
+            records[i] = (encode(wire), key)

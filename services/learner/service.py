@@ -34,7 +34,7 @@ from services.learner.core import (
     model_input,
     update_metrics,
 )
-from services.learner.outputs import outcomes
+from services.learner.outputs import mark_records, outcomes
 from services.learner.worker import (
     EVENT,
     FAILED,
@@ -543,7 +543,8 @@ class LearnerService:
             if isinstance(record.item, Rejected):
                 self.dead_letter(record, record.item.reason, record.item.message)
                 continue
-            kind, first, joined = next(each)
+            result = next(each)
+            kind, first, joined = result[0], result[1], result[2]
             if kind == FAILED:
                 self.dead_letter(record, first, joined)
                 continue
@@ -599,6 +600,8 @@ class LearnerService:
                     j_key = j[1].encode()
                     for o in outcomes(j, names, pipeline, task, lineage):
                         outcomes_out((encode(o), j_key))
+                if len(result) > 3:  # the learner reacted to concept drift here
+                    mark_records(self._outcomes, kept[1], result[3])
             except (MemoryError, RecursionError):
                 raise
             except Exception as exc:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
 from services.learner.core import LearnerCore
+from services.learner.reaction import REACTION_COUNTS
 from shared.checkpoint.codec import deep_recursion, dumps
 from shared.gc_tuning import hot_path_gc
 from shared.logs import configure_logging
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 # Work items: (EVENT, event_id, entity, ts, data, label) or (LABEL, event_id, label).
 EVENT, LABEL = 0, 1
 # Results, one per item in order: (SCORED, scores, joined), (JOINED, status, joined) or
-# (FAILED, reason, message) for a record to dead-letter.
+# (FAILED, reason, message) for a record to dead-letter. A SCORED or JOINED result has a
+# fourth element, the core's marks, where the learner reacted to concept drift at one of
+# the record's outcomes (reaction.py).
 SCORED, JOINED, FAILED = 0, 1, 2
 
 Item = tuple[Any, ...]
@@ -70,7 +73,7 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
     version = core.model_version  # checkpoints come between batches, never inside one
     out: list[Result] = []
     append = out.append
-    score, join = core.score, core.join
+    score, join, marks = core.score, core.join, core.marks
     for item in items:
         try:
             if item[0] == EVENT:
@@ -78,7 +81,11 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
                 append((SCORED, *score(event_id, entity, ts, data, label)))
             else:
                 append((JOINED, *join(item[1], item[2])))
+            if marks:
+                out[-1] = (*out[-1], tuple(marks))
+                marks.clear()
         except MessageError as exc:  # a label the task cannot learn from
+            marks.clear()
             append((FAILED, exc.reason, str(exc)))
         except (MemoryError, RecursionError):
             raise
@@ -86,6 +93,7 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
             # A value a model cannot take (a string where it needs a number, a class it
             # rejects): the record is dead-lettered, never retried forever.
             log.exception("model failed on a record", extra={"fields": {"event": item[1]}})
+            marks.clear()
             append((FAILED, "model_error", f"{type(exc).__name__}: {exc}"))
     return version, out
 
@@ -119,7 +127,7 @@ def at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], No
 
 def core_status(core: LearnerCore) -> dict[str, Any]:
     """The model side's counters operators see (the learner's status hash)."""
-    return {
+    status = {
         "model_version": core.model_version,
         "events_seen": core.events_seen,
         "labels_learned": core.labels_learned,
@@ -128,6 +136,12 @@ def core_status(core: LearnerCore) -> dict[str, Any]:
         "expired_defaulted": core.expired_defaulted,
         "expired_unlabelled": core.expired_unlabelled,
     }
+    reactions = core.reactions
+    if reactions is not None:  # drift.reaction: what the learner did about concept drift
+        for name in REACTION_COUNTS:
+            status[f"drift_{name}"] = reactions.counts[name]
+        status["drift_trials"] = len(reactions.trials)
+    return status
 
 
 class ModelWorker(Protocol):

@@ -15,13 +15,13 @@ service feeds records in order and checkpoints the engine with its offsets.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 from services.monitor.windows import TwoSampleWindow
+from shared.concept_drift import CoolDown, detect_rise, is_number, prediction_error
 from shared.messages import DriftAlert, Lineage, Outcome
 from shared.messages.drift_alert import alert_id
 from shared.spec.drift import DriftSpec, build_detector
@@ -37,8 +37,7 @@ class _Signal:
     """One watched signal: its detector or window, and its cool-down."""
 
     watcher: Any
-    seen: int = 0
-    quiet_until: int = 0  # no alert before this many observations
+    cool: CoolDown
 
 
 @dataclass
@@ -54,8 +53,25 @@ class DriftEngine:
         alerts: list[DriftAlert] = []
         self.counts["outcomes"] += 1
         model = outcome.model
-        if self.spec.concept.enabled:
-            error = self._error(outcome.prediction, outcome.label)
+        if self.spec.reaction.enabled:
+            # The learner detects concept drift itself, to react at the same record on
+            # every run; its mark on the outcome is the alert.
+            reaction = outcome.reaction
+            if reaction is not None:
+                self.counts["alerts_concept"] += 1
+                alerts.append(
+                    self._build(
+                        (model, "concept", "error"),
+                        reaction.detector,
+                        dict(reaction.statistics),
+                        outcome,
+                        lineage,
+                        outcome.model_version,
+                        reaction.action,
+                    )
+                )
+        elif self.spec.concept.enabled:
+            error = prediction_error(self.task, outcome.prediction, outcome.label)
             if error is None:
                 self.counts["errors_skipped"] += 1
             else:
@@ -70,7 +86,7 @@ class DriftEngine:
                     )
         if self.spec.prediction.enabled:
             value = outcome.prediction
-            if self.task == "regression" and not _is_number(value):
+            if self.task == "regression" and not is_number(value):
                 self.counts["predictions_skipped"] += 1
             else:
                 key = (model, "prediction", "prediction")
@@ -94,7 +110,7 @@ class DriftEngine:
         where = _Where(event_id, ts)
         for name in names:
             value = features.get(name)
-            if not _is_number(value):
+            if not is_number(value):
                 continue  # missing, a string or a boolean: not a numeric feature here
             key = (None, "covariate", name)
             signal = self._signal(key)
@@ -105,29 +121,13 @@ class DriftEngine:
                 alerts += self._alert(key, figures, where, lineage, None)
         return alerts
 
-    def _error(self, prediction: Any, label: Any) -> float | None:
-        if self.task == "regression":
-            if not (_is_number(prediction) and _is_number(label)):
-                return None
-            return abs(float(prediction) - float(label))
-        return 0.0 if prediction == label and prediction is not None else 1.0
-
     def _concept(self, model: str, error: float) -> dict[str, float] | None:
         signal = self._signal((model, "concept", "error"))
         if signal is None:
             return None
-        detector = signal.watcher
-        before = getattr(detector, "estimation", None)
-        detector.update(error)
-        if not detector.drift_detected:
-            return None
-        after = getattr(detector, "estimation", None)
-        if before is not None and after is not None and after <= before:
+        detected, figures = detect_rise(signal.watcher, error)
+        if detected and figures is None:
             self.counts["improvements"] += 1  # the model got better: not an alert
-            return None
-        figures = detector_statistics(detector)
-        if before is not None and after is not None:
-            figures.update(error_before=float(before), error_after=float(after))
         return figures
 
     def _signal(self, key: SignalKey) -> _Signal | None:
@@ -143,8 +143,8 @@ class DriftEngine:
                 watcher = TwoSampleWindow(self.spec.prediction, self.task == "regression")
             else:
                 watcher = TwoSampleWindow(self.spec.covariate, True)
-            signal = self.signals[key] = _Signal(watcher)
-        signal.seen += 1
+            signal = self.signals[key] = _Signal(watcher, CoolDown(self._cooldown(kind)))
+        signal.cool.tick()
         return signal
 
     def _cooldown(self, kind: str) -> int:
@@ -163,15 +163,27 @@ class DriftEngine:
         version: int | None,
     ) -> list[DriftAlert]:
         signal = self.signals[key]
-        model, kind, name = key
-        if signal.seen < signal.quiet_until:
+        kind = key[1]
+        if not signal.cool.allow():
             self.counts["alerts_suppressed"] += 1
             return []
-        signal.quiet_until = signal.seen + self._cooldown(kind)
         self.counts[f"alerts_{kind}"] += 1
         watcher = signal.watcher
         detector = watcher.test if isinstance(watcher, TwoSampleWindow) else type(watcher).__name__
-        alert = DriftAlert(
+        return [self._build(key, detector, figures, where, lineage, version, "none")]
+
+    def _build(
+        self,
+        key: SignalKey,
+        detector: str,
+        figures: dict[str, float],
+        where: Outcome | _Where,
+        lineage: Lineage,
+        version: int | None,
+        action: str,
+    ) -> DriftAlert:
+        model, kind, name = key
+        return DriftAlert(
             alert_id(self.pipeline, model, kind, name, where.event_id),
             self.pipeline,
             model,
@@ -182,32 +194,12 @@ class DriftEngine:
             figures,
             where.event_id,
             where.ts,
-            "none",
+            action,
             lineage,
         )
-        return [alert]
 
 
 @dataclass(frozen=True, slots=True)
 class _Where:
     event_id: str
     ts: float
-
-
-def detector_statistics(detector: Any) -> dict[str, float]:
-    """The detector's public numeric figures (ADWIN: width, estimation, variance, …)."""
-    out: dict[str, float] = {}
-    for name in dir(detector):
-        if name.startswith("_"):
-            continue
-        try:
-            value = getattr(detector, name)
-        except Exception:  # a property that cannot answer now
-            continue
-        if _is_number(value):
-            out[name] = float(value)
-    return out
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any, ClassVar
 
 import msgspec
@@ -14,12 +13,13 @@ from shared.messages.fields import (
     id_string,
     non_negative_int,
     require_mapping,
+    statistics,
     timestamp,
 )
 from shared.messages.lineage import Lineage
 
 DRIFT_KINDS = ("concept", "covariate", "prediction")
-ACTIONS = ("none",)  # what the learner did; reactions come with the learner's side
+ACTIONS = ("none", "reset", "fallback")  # what the learner did (the spec's drift.reaction)
 
 
 def alert_id(pipeline: str, model: str | None, kind: str, signal: str, event_id: str) -> str:
@@ -90,11 +90,6 @@ class DriftAlert(msgspec.Struct, frozen=True):
             raise MessageError("bad_value", f"kind must be one of {DRIFT_KINDS}, got {m['kind']!r}")
         if m["action"] not in ACTIONS:
             raise MessageError("bad_value", f"action must be one of {ACTIONS}")
-        stats = m["statistics"]
-        if not isinstance(stats, dict) or not all(
-            isinstance(k, str) and _finite(v) for k, v in stats.items()
-        ):
-            raise MessageError("wrong_type", "statistics must map names to finite numbers")
         return cls(
             alert_id=m["alert_id"],
             pipeline=m["pipeline"],
@@ -103,16 +98,12 @@ class DriftAlert(msgspec.Struct, frozen=True):
             kind=m["kind"],
             signal=m["signal"],
             detector=m["detector"],
-            statistics={k: float(v) for k, v in stats.items()},
+            statistics=statistics(m["statistics"], "statistics"),
             event_id=id_string(m["event_id"], "event_id"),
             ts=timestamp(m["ts"], "ts"),
             action=m["action"],
             lineage=Lineage.from_wire(m["lineage"]),
         )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _FIELDS = frozenset(DriftAlert.REQUIRED + DriftAlert.OPTIONAL)

@@ -70,6 +70,15 @@ def timestamp(value: Any, field: str) -> float:
     return float(ts)
 
 
+def statistics(value: Any, field: str) -> dict[str, float]:
+    """A detector's figures: names to finite numbers."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and is_number(v) and math.isfinite(v) for k, v in value.items()
+    ):
+        raise MessageError("wrong_type", f"{field} must map names to finite numbers")
+    return {k: float(v) for k, v in value.items()}
+
+
 def non_negative_int(value: Any, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise MessageError("wrong_type", f"{field} must be an integer, got {type_name(value)}")

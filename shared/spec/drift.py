@@ -15,6 +15,7 @@ from shared.models.river_factory import FactoryError, build_component
 
 KINDS = ("concept", "covariate", "prediction")
 DEFAULT_CONCEPT_DETECTOR = "river.drift.ADWIN"
+REACTIONS = ("none", "reset", "fallback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +44,29 @@ class DistributionDriftSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactionSpec:
+    """What the learner does when a model's concept drift is detected: nothing; "reset"
+    (the model starts afresh from its spec); or "fallback" (a fresh one learns alongside
+    for `trial_labels` labels, then replaces the model if it made fewer errors over them).
+
+    With a reaction the learner runs the concept detector itself, on every outcome in its
+    own order (a reaction must happen at the same record on every run), and marks the
+    outcome where it reacted; the monitor turns that mark into the alert."""
+
+    action: str = "none"
+    trial_labels: int = 1000
+
+    @property
+    def enabled(self) -> bool:
+        return self.action != "none"
+
+
+@dataclass(frozen=True, slots=True)
 class DriftSpec:
     concept: ConceptDriftSpec = field(default_factory=ConceptDriftSpec)
     covariate: DistributionDriftSpec = field(default_factory=DistributionDriftSpec)
     prediction: DistributionDriftSpec = field(default_factory=DistributionDriftSpec)
+    reaction: ReactionSpec = field(default_factory=ReactionSpec)
 
 
 def build_detector(node: Any, task: str, path: str) -> Any:
@@ -83,7 +103,17 @@ def parse_drift(section: Mapping[str, Any], task: str) -> tuple[DriftSpec, list[
     prediction = _distribution(section.get("prediction", {}), "drift.prediction", problems)
     if prediction.features is not None:
         problems.append("drift.prediction.features: only covariate drift is per feature")
-    spec = DriftSpec(concept, covariate, prediction)
+    reaction_node = section.get("reaction", {})
+    reaction = ReactionSpec(
+        action=reaction_node.get("action", "none"),
+        trial_labels=reaction_node.get("trial_labels", 1000),
+    )
+    if reaction.enabled and not concept.enabled:
+        problems.append(
+            f"drift.reaction.action: {reaction.action!r} reacts to concept drift, "
+            "which drift.concept.enabled turns off"
+        )
+    spec = DriftSpec(concept, covariate, prediction, reaction)
     return spec, problems
 
 

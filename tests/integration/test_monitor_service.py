@@ -298,3 +298,67 @@ def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
     asyncio.run(scenario())
     meta = checkpoint(settings, topic)
     assert (meta["next_offset"], meta["outcomes"]) == (20, 20)  # the newer owner's, intact
+
+
+REACTING = """
+name: drift
+task: binary
+models:
+  - name: lr
+    river:
+      pipeline: [river.preprocessing.StandardScaler, river.linear_model.LogisticRegression]
+drift:
+  covariate: {enabled: false}
+  prediction: {enabled: false}
+  reaction: {action: reset}
+"""
+
+
+def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_path):
+    """The learner service reacts at the outcome where the in-process learner does; the
+    monitor publishes that as the concept alert with action reset."""
+    from services.learner.core import LearnerCore
+
+    spec_file = tmp_path / "reacting.yaml"
+    spec_file.write_text(REACTING)
+    spec = parse_spec(REACTING)
+    events = [event for event, _ in stream(20_000)]
+    core = LearnerCore.from_spec(spec)
+    expected_outcomes: list[Outcome] = []
+    for i, event in enumerate(events):
+        core.process(event, Lineage(settings.topics.events_valid, 0, i))
+        expected_outcomes += core.outbox
+    monitor = DriftEngine("drift", "binary", spec.drift)
+    expected = [
+        a
+        for i, o in enumerate(expected_outcomes)
+        for a in monitor.observe_outcome(o, Lineage(settings.topics.outcomes, 0, i))
+    ]
+    assert [a.action for a in expected] == ["reset"]
+    assert DRIFT_AT <= int(expected[0].event_id[1:]) < DRIFT_AT + 1000
+
+    producer = SafeProducer(settings.kafka_bootstrap)
+    for event in events:
+        producer.produce(settings.topics.events_valid, encode(event.to_wire()), b"u")
+    producer.close()
+    env = service_env(settings)
+    learner = start_service("learner", spec_file, env)
+    watcher = start_service("monitor", spec_file, env)
+    try:
+        got = alerts_on_topic(settings, 1)
+        outcomes = read_until(
+            settings.kafka_bootstrap,
+            settings.topics.outcomes,
+            lambda got: len(got) >= len(expected_outcomes),
+            "every outcome",
+        )
+    finally:
+        codes = learner.stop(), watcher.stop()
+    assert codes == (0, 0), learner.log_tail(20) + watcher.log_tail(20)
+    assert got == expected  # the same alert: id, model version, statistics, action, lineage
+    assert [Outcome.from_wire(o) for o in outcomes] == expected_outcomes
+    stored = AlertStore(RedisStore(settings.redis_url).client, "drift").latest(10)
+    assert [(a["alert_id"], a["action"]) for a in stored] == [(expected[0].alert_id, "reset")]
+    redis_store = RedisStore(settings.redis_url)
+    status = redis_store.get_hash(redis_store.key("drift", "learner", "status"))
+    assert (status["drift_resets"], status["drift_trials"]) == ("1", "0"), status
