@@ -300,18 +300,14 @@ def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
     assert (meta["next_offset"], meta["outcomes"]) == (20, 20)  # the newer owner's, intact
 
 
-REACTING = """
-name: drift
-task: binary
-models:
-  - name: lr
-    river:
-      pipeline: [river.preprocessing.StandardScaler, river.linear_model.LogisticRegression]
-drift:
+REACTING = (
+    SPEC
+    + """drift:
   covariate: {enabled: false}
   prediction: {enabled: false}
   reaction: {action: reset}
 """
+)
 
 
 def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_path):
