@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."
     )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the API's admin routes (rollback, pause, resume); "
+        "unset: those routes answer 503, never run unauthenticated.",
+    )
+    api_checkpoint_stale_s: float = Field(
+        300.0,
+        gt=0,
+        description="The API's /readyz fails when a running learner's newest checkpoint is "
+        "older than this.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
     max_message_bytes: int = Field(
