@@ -113,6 +113,20 @@ def run(
             run_features(settings, pipeline, stop)
 
 
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the query API (OpenAPI at /docs) over HEADWATER_REDIS_URL; admin routes need
+    HEADWATER_API_TOKEN."""
+    from services.api.app import run_api
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    run_api(settings, host, port)
+
+
 spec_app = typer.Typer(help="Pipeline specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 

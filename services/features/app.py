@@ -7,10 +7,11 @@ import threading
 from confluent_kafka import TopicPartition
 
 from services.features.engine import FeatureEngine
-from services.features.service import FeaturesService
+from services.features.service import FeaturesService, features_metrics
 from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
 from shared.spec import PipelineSpec
@@ -36,6 +37,8 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     redis = RedisStore(settings.redis_url)
     redis.ping()
     key = settings.checkpoint_key.get_secret_value().encode()
+    metrics = ServiceMetrics("features")
+    metrics.serve(settings.metrics_port)
     service: FeaturesService | None = None
 
     def assigned(partitions: list[TopicPartition]) -> None:
@@ -64,6 +67,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
             redis.client, spec.name, f"features-p{p}", key, keep=settings.checkpoints_kept
         ),
         settings,
+        metrics=features_metrics(metrics),
     )
     return service
 

@@ -25,14 +25,22 @@ from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, St
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
+from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
 from shared.messages.fast_event import fast_valid_event
+from shared.metrics import ServiceMetrics, StreamMetrics
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE = "features"
+
+
+def features_metrics(m: ServiceMetrics) -> StreamMetrics:
+    return StreamMetrics.create(
+        m, "applied (features emitted), dead_lettered, skipped_revoked (its partition was gone)"
+    )
 
 
 class FeaturesFencedError(RuntimeError):
@@ -65,6 +73,15 @@ class FeaturesService:
     closing: bool = False
     status_at: float = 0.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    metrics: StreamMetrics = field(
+        default_factory=lambda: features_metrics(ServiceMetrics(SERVICE)), repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.lag = ConsumerLag(self.metrics.consumer_lag)
+        # bound once: the counters move once per batch
+        self._applied = self.metrics.records.labels("applied")
+        self._emitted_out = self.metrics.records_out.labels(self.settings.topics.features)
 
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         """New epoch, restore, seek: per partition (DESIGN §4)."""
@@ -106,6 +123,7 @@ class FeaturesService:
                 else:
                     self._update_feature_store()  # idle: the store catches up now
                 self.producer.poll()
+                self.lag.update(self.consumer, self._handled)
                 if self._due():
                     try:
                         self.checkpoint(list(self.owned), "cadence")
@@ -127,7 +145,12 @@ class FeaturesService:
         self.closing = True  # leaving the group revokes partitions: already checkpointed
         close_all(self.consumer.close, self.producer.close)
 
+    def _handled(self) -> dict[tuple[str, int], int]:
+        topic = self.settings.topics.events_valid
+        return {(topic, p): owned.next_offset for p, owned in self.owned.items()}
+
     def handle_batch(self, batch: list[Message]) -> None:
+        started = time.perf_counter()
         latest: dict[str, bytes] = {}  # per entity, its last record: the store's value
         # names bound once per batch: this loop runs per record
         owned_get, process, produce = self.owned.get, self.engine.process, self.producer.produce
@@ -137,6 +160,7 @@ class FeaturesService:
             topic, partition, offset = position(msg)
             owned = owned_get(partition)
             if owned is None:  # revoked meanwhile
+                self.metrics.records.labels("skipped_revoked").inc()
                 continue
             lineage = Lineage(topic, partition, offset)
             try:
@@ -158,6 +182,10 @@ class FeaturesService:
             owned.since_checkpoint += 1
         self.emitted += emitted
         self._update_feature_store(latest)
+        if emitted:
+            self._applied.inc(emitted)
+            self._emitted_out.inc(emitted)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _update_feature_store(self, latest: dict[str, bytes] | None = None) -> None:
         """Send a batch's latest records (settling the previous write), or, with none, wait
@@ -209,6 +237,9 @@ class FeaturesService:
             key if isinstance(key, bytes) else None,
         )
         self.dead_lettered += 1
+        self.metrics.records.labels("dead_lettered").inc()
+        self.metrics.records_out.labels(self.settings.topics.events_dlq).inc()
+        self.metrics.dead_letters.labels(reason).inc()
 
     def _due(self) -> bool:
         records = sum(o.since_checkpoint for o in self.owned.values())
@@ -220,6 +251,7 @@ class FeaturesService:
 
     def checkpoint(self, partitions: list[int], reason: str) -> None:
         """Flush outputs, then each partition's state with its next offset (fenced)."""
+        started = time.perf_counter()
         self.producer.flush()
         for p in partitions:
             owned = self.owned[p]
@@ -247,3 +279,8 @@ class FeaturesService:
             }
         )
         self.last_checkpoint = time.monotonic()
+        if partitions:
+            self.metrics.checkpoint.written(
+                time.perf_counter() - started,
+                sum(owned.store.last_bytes for owned in self.owned.values()),
+            )

@@ -6,7 +6,7 @@ import threading
 
 from confluent_kafka import TopicPartition
 
-from services.ingest.service import IngestMetrics, IngestService
+from services.ingest.service import IngestService, ingest_metrics
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
 from shared.metrics import ServiceMetrics
@@ -62,7 +62,7 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
             redis.client, spec.name, f"ingest-{kind}s-p{p}", key, keep=settings.checkpoints_kept
         ),
         settings,
-        IngestMetrics.create(metrics),
+        ingest_metrics(metrics),
     )
     return service
 

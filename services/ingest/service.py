@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import Counter as PromCounter
 
 from services.ingest.dedupe import RecentIds
 from services.ingest.fast_path import fast_event
@@ -33,8 +32,9 @@ from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
 from shared.kafka.consumer import CONSUMER_TUNING
+from shared.kafka.lag import ConsumerLag
 from shared.messages import DeadLetter, Event, Label, MessageError
-from shared.metrics import ServiceMetrics
+from shared.metrics import ServiceMetrics, StreamMetrics
 from shared.settings import Settings
 from shared.spec import IngestPolicy
 
@@ -80,6 +80,7 @@ class Owned:
     written: set[int] = field(default_factory=set)  # offsets already in an output (recovery)
     since_checkpoint: int = 0
     marked_at: float = float("-inf")  # when state.marks were last refreshed
+    unwritten: int = 0  # valid records a crashed owner had written already (not reported)
     reported: Counter[str] = field(default_factory=Counter)  # counts given to Prometheus
     lineage_format: bytes = field(init=False, repr=False)  # `lineage % offset`: the header
 
@@ -93,21 +94,10 @@ class Owned:
         return normalise_label(obj, policy)
 
 
-@dataclass
-class IngestMetrics:
-    records: PromCounter
-    dead_letters: PromCounter
-
-    @classmethod
-    def create(cls, m: ServiceMetrics) -> IngestMetrics:
-        return cls(
-            m.counter(
-                "records_total",
-                "Input records: in, valid, deduplicated, dead_lettered.",
-                ("outcome",),
-            ),
-            m.counter("dead_letters_total", "Dead-lettered records by reason.", ("reason",)),
-        )
+def ingest_metrics(m: ServiceMetrics) -> StreamMetrics:
+    return StreamMetrics.create(
+        m, "in (every input record), and of those valid, deduplicated, dead_lettered"
+    )
 
 
 @dataclass
@@ -119,7 +109,7 @@ class IngestService:
     redis_client: redis.Redis
     checkpoint_store: Callable[[str, int], CheckpointStore]
     settings: Settings
-    metrics: IngestMetrics
+    metrics: StreamMetrics
     owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
     last_checkpoint: float = field(default_factory=time.monotonic)
     closing: bool = False
@@ -127,6 +117,10 @@ class IngestService:
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _watermarks: Consumer | None = None
     _errors_in_row: int = 0  # ingest_error records since the last record handled otherwise
+    lag: ConsumerLag = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lag = ConsumerLag(self.metrics.consumer_lag)
 
     # -- ownership -------------------------------------------------------------------
 
@@ -247,9 +241,13 @@ class IngestService:
                 batch = self.consumer.poll_batch(
                     self.settings.batch_size, self.settings.poll_timeout_s
                 )
-                self.handle_batch(batch)
-                self._report_counts()
+                if batch:
+                    started = time.perf_counter()
+                    self.handle_batch(batch)
+                    self._report_counts()
+                    self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self.producer.poll()
+                self.lag.update(self.consumer, self._handled)
                 if self._due():
                     try:
                         self.checkpoint(list(self.owned))
@@ -263,6 +261,9 @@ class IngestService:
             self.publish_status(force=True)
         finally:
             self.close()
+
+    def _handled(self) -> dict[tuple[str, int], int]:
+        return {key: owned.state.next_offset for key, owned in self.owned.items()}
 
     def close(self) -> None:
         """Release the clients: `run` does on its way out; a caller that drives the service
@@ -358,7 +359,9 @@ class IngestService:
             counts["deduplicated"] += 1
         else:
             counts["valid"] += 1
-            if not again:
+            if again:
+                owned.unwritten += 1
+            else:
                 self.producer.produce(
                     owned.out_topic,
                     value,
@@ -390,15 +393,20 @@ class IngestService:
 
     def _report_counts(self) -> None:
         """Prometheus counters follow the checkpointed counts, per batch."""
+        metrics = self.metrics
         for owned in self.owned.values():
             for name, total in owned.state.counts.items():
                 delta = total - owned.reported[name]
                 if delta:
                     owned.reported[name] = total
                     if name.startswith("dlq:"):
-                        self.metrics.dead_letters.labels(name[4:]).inc(delta)
+                        metrics.dead_letters.labels(name[4:]).inc(delta)
                     else:
-                        self.metrics.records.labels(name).inc(delta)
+                        metrics.records.labels(name).inc(delta)
+                        if name == "valid":
+                            written, owned.unwritten = delta - owned.unwritten, 0
+                            if written > 0:
+                                metrics.records_out.labels(owned.out_topic).inc(written)
 
     def dead_letter(
         self, topic: str, partition: int, offset: int, msg: Message, reason: str, message: str
@@ -410,6 +418,7 @@ class IngestService:
             encode(envelope.to_wire()),
             key if isinstance(key, bytes) else None,
         )
+        self.metrics.records_out.labels(self.settings.topics.events_dlq).inc()
 
     # -- checkpoints and status ------------------------------------------------------
 
@@ -423,6 +432,7 @@ class IngestService:
 
     def checkpoint(self, inputs: list[tuple[str, int]]) -> None:
         """Flush outputs, note where they end, then each input's state (fenced)."""
+        started = time.perf_counter()
         self.producer.flush()
         if not inputs:
             return
@@ -451,6 +461,10 @@ class IngestService:
             }
         )
         self.last_checkpoint = time.monotonic()
+        self.metrics.checkpoint.written(
+            time.perf_counter() - started,
+            sum(owned.store.last_bytes for owned in self.owned.values()),
+        )
 
     def _write(self, owned: Owned, tp: TopicPartition) -> None:
         meta = {

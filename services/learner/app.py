@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from services.learner.core import LearnerCore
@@ -29,6 +30,10 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     )
     store = RedisStore(settings.redis_url)
     store.ping()
+    # For readers (the API): the spec this learner runs, as JSON.
+    store.client.set(
+        store.key(spec.name, "learner", "spec"), json.dumps(spec.describe(), default=str)
+    )
     metrics = ServiceMetrics("learner")
     metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(

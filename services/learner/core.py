@@ -56,6 +56,7 @@ class Step:
     predict: Callable[[Mapping[str, Any]], tuple[Any, Any]]
     learn: Callable[[Mapping[str, Any], Any], None]
     predict_learn: Callable[[Mapping[str, Any], Any], tuple[Any, Any]]
+    paused: bool = False  # an operator paused its learning (the API): it only predicts
 
 
 @dataclass
@@ -84,6 +85,10 @@ class LearnerCore:
     reactions: Reactions | None = None
     # Where the last calls reacted, drained by the caller (so never checkpointed).
     marks: list[Mark] = field(default_factory=list)
+    # Models whose learning an operator paused (the API's pause/resume; the service reads
+    # the set from Redis). They predict and their metrics go on; labels teach them nothing.
+    paused: frozenset[str] = frozenset()
+    labels_skipped_paused: int = 0
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
     _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _metric_plan: MetricPlan = field(default=(), init=False, repr=False, compare=False)
@@ -99,6 +104,8 @@ class LearnerCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("reactions", None)  # a checkpoint from before reactions existed
         state.setdefault("marks", [])
+        state.setdefault("paused", frozenset())
+        state.setdefault("labels_skipped_paused", 0)
         self.__dict__.update(state)
 
     @property
@@ -111,7 +118,7 @@ class LearnerCore:
             for name in self.models:
                 self.learned.setdefault(name, 0)
             plan = self._plan = tuple(
-                Step(name, model.predict, model.learn, model.predict_learn)
+                Step(name, model.predict, model.learn, model.predict_learn, name in self.paused)
                 for name, model in self.models.items()
             )
             self._metric_plan = metric_plan(self.metrics)
@@ -126,6 +133,14 @@ class LearnerCore:
         """Every model is Vowpal Wabbit: `x` may be VW's text of the features
         (`features_text`), which a service formats before the model process sees it."""
         return all(isinstance(m, VWModel) for m in self.models.values())
+
+    def set_paused(self, models: frozenset[str]) -> None:
+        """The models whose learning is paused from the next record on (unknown names are
+        ignored: the set in Redis may name a model of another spec version)."""
+        paused = frozenset(models) & frozenset(self.models)
+        if paused != self.paused:
+            self.paused = paused
+            self._plan = None
 
     def replace_model(
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
@@ -167,7 +182,7 @@ class LearnerCore:
         `check_label`: the caller's side of a model process does both."""
         plan = self._plan or self.plan
         joined: list[Joined] = []
-        if label is not None and len(plan) == 1 and self.reactions is None:
+        if label is not None and len(plan) == 1 and self.reactions is None and not self.paused:
             # One model, the commonest pipeline: predict and learn in one call (one pass for
             # VW). With several, all predict before any learns, so a record one of them
             # cannot take (dead-lettered) teaches none of them. (A reaction needs the steps
@@ -284,6 +299,9 @@ class LearnerCore:
         if reactions is not None and reactions.trials:
             reactions.try_fresh(self.models, x, label)
         for step in plan:
+            if step.paused:
+                self.labels_skipped_paused += 1
+                continue
             step.learn(x, label)
             learned[step.name] += 1
         self.labels_learned += 1

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Message
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Message
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.learner.checkpointing import Checkpointer, FencedError, LearnerState, restore
@@ -50,6 +50,7 @@ from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
 from shared.gc_tuning import hot_path_gc
 from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
 from shared.messages import (
     DeadLetter,
@@ -62,7 +63,7 @@ from shared.messages import (
     Prediction,
 )
 from shared.messages.fast_event import WireEvent, fast_valid_wire
-from shared.metrics import ServiceMetrics
+from shared.metrics import LATENCY_BUCKETS, BulkHistogram, ServiceMetrics, StreamMetrics
 from shared.ordering import OrderedMerge, OrderKey
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -72,30 +73,47 @@ log = logging.getLogger(__name__)
 
 SERVICE = "learner"
 LABEL_RANK, EVENT_RANK = 0, 1  # a label sorts before an event of the same time (simulate_qa)
+# A replayed backlog is minutes behind its Kafka timestamps: the latency buckets go on.
+EVENT_TO_PREDICTION_BUCKETS = (*LATENCY_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+LABEL_LAG_BUCKETS = (0, 1, 5, 10, 50, 100, 500, 1000, 5000)
+LATENCY_SAMPLES_KEPT = 64  # per input partition, sampled records waiting for their prediction
+LATENCY_SCAN = 256  # how far back a published batch is searched for sampled partitions
 
 
 @dataclass
 class LearnerMetrics:
-    records: Counter
+    stream: StreamMetrics  # records, records_out, dead letters, batch time, lag, checkpoints
     predictions: Counter
     labels: Counter
-    dead_letters: Counter
-    batch_seconds: Histogram
     model_metric: Gauge
     pending: Gauge
-    checkpoint_seconds: Histogram
+    event_to_prediction: Histogram
+    label_lag: BulkHistogram
 
     @classmethod
     def create(cls, m: ServiceMetrics) -> LearnerMetrics:
         return cls(
-            records=m.counter("records_total", "Input records by outcome.", ("outcome",)),
+            stream=StreamMetrics.create(
+                m,
+                "scored, dead_lettered, duplicate (features re-emitted after a restart), "
+                "label_joined, label_early (a label record before its event)",
+            ),
             predictions=m.counter("predictions_total", "Predictions published.", ("model",)),
             labels=m.counter("labels_learned_total", "Labels learned (each by every model)."),
-            dead_letters=m.counter("dead_letters_total", "Records dead-lettered.", ("reason",)),
-            batch_seconds=m.histogram("batch_processing_seconds", "Time to handle one batch."),
             model_metric=m.gauge("model_metric", "Prequential metric.", ("model", "metric")),
             pending=m.gauge("pending_labels", "Predictions waiting for their label."),
-            checkpoint_seconds=m.histogram("checkpoint_seconds", "Time to write a checkpoint."),
+            event_to_prediction=m.histogram(
+                "event_to_prediction_seconds",
+                "Wall time when a prediction is handed to the producer minus the Kafka "
+                "timestamp of its input record; sampled (the first and last record of each "
+                "consumed batch).",
+                buckets=EVENT_TO_PREDICTION_BUCKETS,
+            ),
+            label_lag=m.bulk_histogram(
+                "label_lag_events",
+                "Events scored between a prediction and its label (0: inline).",
+                LABEL_LAG_BUCKETS,
+            ),
         )
 
 
@@ -155,6 +173,8 @@ class LearnerService:
         self.producer = producer
         self.settings = settings
         self.store = store
+        # As last applied to the worker; None: not yet since this instance became active.
+        self._paused_models: frozenset[str] | None = None
         self.checkpoints = checkpoints
         self.lease = lease
         self.input_partitions = input_partitions
@@ -178,6 +198,15 @@ class LearnerService:
         # Outputs of the batch being published: (value, key) per record.
         self._predictions: list[tuple[bytes, bytes | None]] = []
         self._outcomes: list[tuple[bytes, bytes | None]] = []
+        self._label_lags: list[int] = []  # of the labels joined since the last tally
+        self._counters: dict[tuple[str, str], Counter] = {}  # the tally's, bound once
+        self.lag = ConsumerLag(metrics.stream.consumer_lag)
+        # Latency samples: per input partition of events, (offset, Kafka timestamp in s) of
+        # sampled records, observed once a published batch has passed their offset.
+        self._source_topic = next(
+            (t for t in input_partitions if t != settings.topics.labels_valid), None
+        )
+        self._samples: dict[tuple[str, int], collections.deque[tuple[int, float]]] = {}
 
     @property
     def core(self) -> LearnerCore:
@@ -266,6 +295,7 @@ class LearnerService:
         self.worker.wait = self._keep_lease
         self.role = "active"
         self._status_at = 0.0
+        self._paused_models = None
         log.info(
             "learner active",
             extra={
@@ -275,19 +305,23 @@ class LearnerService:
 
     def step(self) -> None:
         batch = self.consumer.poll_batch(self.settings.batch_size, self.settings.poll_timeout_s)
+        if batch:
+            self._sample(batch[0])
+            if len(batch) > 1:
+                self._sample(batch[-1])
         for msg in batch:
             self.buffer(msg)
         self.release()
         # after release, so an input drained by it is resumed before the next poll
         self._apply_backpressure()
         self.producer.poll()
+        self.lag.update(self.consumer, self._handled)
         assert self.checkpointer is not None
         if self.checkpointer.due():
             try:
                 self._keep_lease(force=True)  # a long checkpoint must not let it lapse
                 self.checkpoint("cadence")
                 self._keep_lease(force=True)
-                self.metrics.checkpoint_seconds.observe(self.checkpointer.last_seconds)
             except redis.RedisError as exc:
                 # Nothing is lost: outputs are flushed and the next cadence tries again; a
                 # crash meanwhile replays from the previous checkpoint.
@@ -302,6 +336,26 @@ class LearnerService:
                 return
             if request is not None:
                 self.apply_rollback(request)
+            self._follow_pauses()
+
+    def _follow_pauses(self) -> None:
+        """The models an operator paused (the API writes the set): applied between two
+        batches, so a pause never splits one."""
+        try:
+            raw: set[bytes] = self.store.client.smembers(  # type: ignore[assignment]
+                self.store.key(self._pipeline, SERVICE, "paused")
+            )
+        except redis.RedisError as exc:
+            log.warning("paused models not read", extra={"fields": {"error": str(exc)}})
+            return
+        paused = frozenset(m.decode() for m in raw) & frozenset(self._names)
+        if paused == self._paused_models:
+            return
+        self.publish(block=True)
+        self._worker().set_paused(paused)
+        if self._paused_models is not None or paused:
+            log.info("paused models changed", extra={"fields": {"paused": sorted(paused)}})
+        self._paused_models = paused
 
     def checkpoint(self, reason: str) -> int:
         """Every submitted record's outputs produced, then the worker's state persisted."""
@@ -320,7 +374,51 @@ class LearnerService:
                 self.state.core = self._fresh  # in the model process
         # the whole pause: waiting for the batches in flight and the snapshot too
         self.checkpointer.last_seconds = time.perf_counter() - started
+        self.metrics.stream.checkpoint.written(
+            self.checkpointer.last_seconds, self.checkpoints.last_bytes
+        )
         return version
+
+    def _handled(self) -> dict[tuple[str, int], int]:
+        """The next offset to release per input partition (for the consumer lag)."""
+        return self.state.offsets
+
+    def _sample(self, msg: Message) -> None:
+        """Keep an events record's Kafka timestamp, for event_to_prediction_seconds."""
+        topic = msg.topic()
+        if topic != self._source_topic or topic is None:
+            return
+        kind, ts_ms = msg.timestamp()
+        partition, offset = msg.partition(), msg.offset()
+        if kind == TIMESTAMP_NOT_AVAILABLE or partition is None or offset is None:
+            return
+        samples = self._samples.get((topic, partition))
+        if samples is None:
+            samples = self._samples[(topic, partition)] = collections.deque(
+                maxlen=LATENCY_SAMPLES_KEPT
+            )
+        samples.append((offset, ts_ms / 1000))
+
+    def _observe_latency(self, metas: list[Buffered]) -> None:
+        """The outputs of `metas` were just handed to the producer, and with them those of
+        every earlier record of their partitions: each sampled record among those is
+        observed (from the batch's last records back, at most LATENCY_SCAN of them)."""
+        samples = self._samples
+        wanted = {key for key, waiting in samples.items() if waiting}
+        if not wanted:
+            return
+        now = time.time()
+        observe = self.metrics.event_to_prediction.observe
+        for record in reversed(metas[-LATENCY_SCAN:]):
+            lineage = record.lineage
+            key = (lineage.topic, lineage.partition)
+            if key in wanted:
+                wanted.discard(key)
+                waiting = samples[key]
+                while waiting and waiting[0][0] <= lineage.offset:
+                    observe(now - waiting.popleft()[1])
+                if not wanted:
+                    return
 
     def apply_rollback(self, request: dict[str, Any]) -> None:
         """`headwater models rollback`: one model (and its metrics) continues from an older
@@ -527,8 +625,14 @@ class LearnerService:
                 topics = self.settings.topics
                 self.producer.produce_all(topics.predictions, self._predictions)
                 self.producer.produce_all(topics.outcomes, self._outcomes)
+            if self._predictions:
+                self._tally[("out", topics.predictions)] += len(self._predictions)
+                if self._samples:
+                    self._observe_latency(metas)
+            if self._outcomes:
+                self._tally[("out", topics.outcomes)] += len(self._outcomes)
             self._flush_tally()
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.stream.batch_seconds.observe(time.perf_counter() - started)
 
     def _build(self, metas: list[Buffered], version: int, results: list[Any]) -> None:
         """Records from the worker's results (one per record it was given): a prediction
@@ -537,6 +641,7 @@ class LearnerService:
         names, pipeline, task = self._names, self._pipeline, self._task
         predictions, outcomes_out = self._predictions.append, self._outcomes.append
         plan = self._metric_plan
+        lags = self._label_lags.append
         scored = inline = 0
         each = iter(results)
         for record in metas:
@@ -596,6 +701,7 @@ class LearnerService:
                     if label is not None:  # its metrics before the joined pairs' below
                         update_metrics(plan, label, first)
                 for j in joined:
+                    lags(j[7])
                     update_metrics(plan, j[5], j[4])
                     j_key = j[1].encode()
                     for o in outcomes(j, names, pipeline, task, lineage):
@@ -632,16 +738,27 @@ class LearnerService:
             self._scored = 0
         if self._inline_labels:
             self._tally[("labels", "")] += self._inline_labels
+            self.metrics.label_lag.observe(0, self._inline_labels)
             self._inline_labels = 0
-        for (kind, label), n in self._tally.items():
-            if kind == "labels":
-                self.metrics.labels.inc(n)
-            else:
-                counter = (
-                    self.metrics.predictions if kind == "predictions" else self.metrics.records
-                )
-                counter.labels(label).inc(n)
+        if self._label_lags:
+            self.metrics.label_lag.observe_all(self._label_lags)
+            self._label_lags.clear()
+        counters = self._counters
+        for key, n in self._tally.items():
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = self._counter(*key)
+            counter.inc(n)
         self._tally.clear()
+
+    def _counter(self, kind: str, label: str) -> Counter:
+        """The Prometheus counter (child) a tally key adds to."""
+        if kind == "labels":
+            return self.metrics.labels
+        if kind == "predictions":
+            return self.metrics.predictions.labels(label)
+        stream = self.metrics.stream
+        return (stream.records_out if kind == "out" else stream.records).labels(label)
 
     def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
         """To the dead-letter topic, keyed as the original was."""
@@ -656,7 +773,8 @@ class LearnerService:
         )
         self.dead_lettered += 1
         self._tally[("records", "dead_lettered")] += 1
-        self.metrics.dead_letters.labels(reason).inc()
+        self._tally[("out", self.settings.topics.events_dlq)] += 1
+        self.metrics.stream.dead_letters.labels(reason).inc()
         log.warning(
             "record dead-lettered",
             extra={"fields": {"reason": reason, "error": message, "offset": lineage.offset}},

@@ -135,6 +135,8 @@ def core_status(core: LearnerCore) -> dict[str, Any]:
         "pending": len(core.pending),
         "expired_defaulted": core.expired_defaulted,
         "expired_unlabelled": core.expired_unlabelled,
+        "paused": ",".join(sorted(core.paused)),
+        "labels_skipped_paused": core.labels_skipped_paused,
     }
     reactions = core.reactions
     if reactions is not None:  # drift.reaction: what the learner did about concept drift
@@ -157,6 +159,7 @@ class ModelWorker(Protocol):
     def results(self, block: bool, wait: Callable[[], None] = ...) -> Iterator[Batch]: ...
     def snapshot(self) -> LearnerCore: ...
     def set_version(self, version: int) -> None: ...
+    def set_paused(self, models: frozenset[str]) -> None: ...
     def status(self) -> dict[str, Any]: ...
     def request_status(self) -> None: ...
     def take_status(self) -> dict[str, Any] | None: ...
@@ -204,6 +207,9 @@ class InlineWorker:
 
     def set_version(self, version: int) -> None:
         self._core().model_version = version
+
+    def set_paused(self, models: frozenset[str]) -> None:
+        self._core().set_paused(models)
 
     def status(self) -> dict[str, Any]:
         return core_status(self._core())
@@ -390,6 +396,10 @@ class ProcessWorker:
     def set_version(self, version: int) -> None:
         self._call("set_version", version)
 
+    def set_paused(self, models: frozenset[str]) -> None:
+        """Like every control call, only with no batch in flight (publish them first)."""
+        self._call("set_paused", models)
+
     def status(self) -> dict[str, Any]:
         status = self._call("status")
         assert isinstance(status, dict)
@@ -473,6 +483,9 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
                 reply = core
             elif name == "set_version":
                 core.model_version = args[0]
+                reply = None
+            elif name == "set_paused":
+                core.set_paused(args[0])
                 reply = None
             elif name == "status":
                 reply = core_status(core)

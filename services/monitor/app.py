@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from faust.types import TP
 from mode.utils.times import Seconds
 
 from services.monitor.alert_store import AlertStore
-from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorService
+from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorMetrics, MonitorService
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
+from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
 from shared.spec import PipelineSpec
@@ -51,6 +53,8 @@ def build_monitor(
     redis = RedisStore(settings.redis_url)
     redis.ping()
     key = settings.checkpoint_key.get_secret_value().encode()
+    metrics = ServiceMetrics("monitor")
+    metrics.serve(settings.metrics_port)
     app = faust.App(
         f"{settings.consumer_group_prefix}.{spec.name}.monitor",
         datadir=datadir,
@@ -85,6 +89,7 @@ def build_monitor(
         AlertStore(redis.client, spec.name),
         send,
         flush,
+        metrics=MonitorMetrics.create(metrics),
     )
 
     for name in inputs:
@@ -96,6 +101,20 @@ def build_monitor(
             await service.maybe_checkpoint()
         except Exception as exc:  # fenced, or a bug: stop, as a failing record does
             service.failure = service.failure or exc
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned (any more), or not fetched yet
+            return None
+        return high if isinstance(high, int) and high >= 0 else None
+
+    @app.timer(interval=1.0)
+    async def lag() -> None:
+        try:
+            service.report_lag(highwater)
+        except Exception as exc:  # a gauge is not worth stopping the monitor for
+            log.warning("consumer lag not updated", extra={"fields": {"error": str(exc)}})
 
     # faust's signals call receivers with the app, the signal's argument and `signal=`.
     async def assigned(_app: Any, assigned: Any, **_: Any) -> None:

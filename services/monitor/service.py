@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from prometheus_client import Counter as PromCounter
 
 from services.monitor.alert_store import AlertStore
 from services.monitor.engine import DriftEngine
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
+from shared.kafka.lag import ConsumerLag
 from shared.messages import DeadLetter, DriftAlert, Event, FeatureRecord, Lineage, MessageError
 from shared.messages.outcome import Outcome
+from shared.metrics import ServiceMetrics, StreamMetrics
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
@@ -37,6 +40,32 @@ SERVICE = "monitor"
 OUTCOMES, FEATURES, EVENTS = "outcomes", "features", "events"  # what an input topic holds
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value)
+Highwater = Callable[[str, int], int | None]  # a partition's high watermark, if known
+
+
+@dataclass
+class MonitorMetrics:
+    """The stream contract (shared/metrics.py) and the alerts. Faust hands the monitor one
+    record at a time, so its `batch_processing_seconds` times one record; its counters
+    move per record too (cheap beside faust's own cost of a record, and its outputs are rare)."""
+
+    stream: StreamMetrics
+    drift_alerts: PromCounter
+
+    @classmethod
+    def create(cls, m: ServiceMetrics) -> MonitorMetrics:
+        return cls(
+            StreamMetrics.create(
+                m,
+                "applied, skipped_replayed (applied before the last checkpoint), "
+                "dead_lettered, other_pipeline (an outcome of another pipeline)",
+            ),
+            m.counter(
+                "drift_alerts_total",
+                "Drift alerts published, by kind and action.",
+                ("kind", "action"),
+            ),
+        )
 
 
 class MonitorFencedError(RuntimeError):
@@ -65,7 +94,18 @@ class MonitorService:
     counts: Counter[str] = field(default_factory=Counter)
     last_checkpoint: float = field(default_factory=time.monotonic)
     failure: BaseException | None = None  # set by the reader; the app then stops and raises
+    metrics: MonitorMetrics = field(
+        default_factory=lambda: MonitorMetrics.create(ServiceMetrics(SERVICE)), repr=False
+    )
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        stream = self.metrics.stream
+        self.lag = ConsumerLag(stream.consumer_lag)
+        self._records = {
+            outcome: stream.records.labels(outcome)
+            for outcome in ("applied", "skipped_replayed", "dead_lettered", "other_pipeline")
+        }
 
     def own(self, topic: str, partition: int) -> Owned:
         """New epoch, then the partition's checkpoint (or a fresh engine)."""
@@ -99,8 +139,10 @@ class MonitorService:
 
     async def handle(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         """Apply one input record (once per checkpointed state), then checkpoint if due."""
+        started = time.perf_counter()
         async with self._lock:
             await self._apply(topic, partition, offset, raw)
+        self.metrics.stream.batch_seconds.observe(time.perf_counter() - started)
         await self.maybe_checkpoint()
 
     async def maybe_checkpoint(self) -> None:
@@ -119,13 +161,17 @@ class MonitorService:
         owned = self.own(topic, partition)  # the owned one, or owned now
         if offset < owned.next_offset:
             self.counts["applied_already"] += 1
+            self._records["skipped_replayed"].inc()
             return
         lineage = Lineage(topic, partition, offset)
         try:
-            alerts = self._observe(owned.engine, self.inputs[topic], raw, lineage)
+            observed = self._observe(owned.engine, self.inputs[topic], raw, lineage)
         except (CodecError, MessageError) as exc:
             await self._dead_letter(lineage, raw, exc.reason, str(exc))
-            alerts = []
+            observed = []
+        else:
+            self._records["applied" if observed is not None else "other_pipeline"].inc()
+        alerts = observed or []
         for alert in alerts:
             await self.send(
                 self.settings.topics.drift_alerts, alert.pipeline.encode(), encode(alert.to_wire())
@@ -144,19 +190,25 @@ class MonitorService:
         if alerts:
             self.counts["alerts"] += len(alerts)
             self.alerts.add(alerts)
+            self.metrics.stream.records_out.labels(self.settings.topics.drift_alerts).inc(
+                len(alerts)
+            )
+            for alert in alerts:
+                self.metrics.drift_alerts.labels(alert.kind, alert.action).inc()
         owned.next_offset = offset + 1
         owned.since_checkpoint += 1
         self.counts["records"] += 1
 
     def _observe(
         self, engine: DriftEngine, kind: str, raw: bytes | None, lineage: Lineage
-    ) -> list[DriftAlert]:
+    ) -> list[DriftAlert] | None:
+        """The record's alerts; None for an outcome of another pipeline (not observed)."""
         obj = decode(raw, self.settings.max_message_bytes)
         if kind == OUTCOMES:
             outcome = Outcome.from_wire(obj)
             if outcome.pipeline != self.spec.name:
                 self.counts["other_pipeline"] += 1
-                return []
+                return None
             return engine.observe_outcome(outcome, lineage)
         if kind == FEATURES:
             record = FeatureRecord.from_wire(obj)
@@ -173,6 +225,10 @@ class MonitorService:
         )
         await self.send(self.settings.topics.events_dlq, None, encode(envelope.to_wire()))
         self.counts["dead_lettered"] += 1
+        stream = self.metrics.stream
+        self._records["dead_lettered"].inc()
+        stream.records_out.labels(self.settings.topics.events_dlq).inc()
+        stream.dead_letters.labels(reason).inc()
         log.warning(
             "record dead-lettered",
             extra={
@@ -198,6 +254,7 @@ class MonitorService:
             await self._checkpoint(partitions, reason)
 
     async def _checkpoint(self, partitions: list[tuple[str, int]], reason: str) -> None:
+        started = time.perf_counter()
         await self.flush()
         for tp in partitions:
             owned = self.owned.get(tp)
@@ -212,6 +269,21 @@ class MonitorService:
                 ) from exc
             owned.since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
+        if partitions:
+            self.metrics.stream.checkpoint.written(
+                time.perf_counter() - started,
+                sum(owned.store.last_bytes for owned in self.owned.values()),
+            )
+
+    def report_lag(self, highwater: Highwater) -> None:
+        """Per owned partition, the records between the next one to apply and the high
+        watermark faust's consumer last saw (no broker round trip); from a timer."""
+        lags = {}
+        for (topic, partition), owned in self.owned.items():
+            high = highwater(topic, partition)
+            if high is not None:
+                lags[(topic, partition)] = high - owned.next_offset
+        self.lag.publish(lags, list(self.owned))
 
     async def release(self, partitions: list[tuple[str, int]], reason: str) -> None:
         """Revoked or stopping: checkpoint, then forget (the next owner restores from here)."""

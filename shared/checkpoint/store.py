@@ -84,6 +84,7 @@ class CheckpointStore:
         self.key = key
         self.keep = keep
         self._write = client.register_script(_WRITE)
+        self.last_bytes = 0  # size of the blob this store last wrote (0: none yet)
 
     def new_epoch(self) -> int:
         """Claim ownership: every older epoch's writes fail from now on."""
@@ -105,6 +106,7 @@ class CheckpointStore:
             if "STALE_EPOCH" in str(exc):
                 raise StaleEpochError(str(exc).replace("STALE_EPOCH ", "")) from None
             raise
+        self.last_bytes = len(blob)
         return int(version)
 
     def latest_version(self) -> int | None:

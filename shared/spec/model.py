@@ -50,6 +50,14 @@ class PipelineSpec:
     ingest: IngestPolicy = IngestPolicy()
     drift: DriftSpec = field(default_factory=DriftSpec)
 
+    def describe(self) -> dict[str, Any]:
+        """The spec as plain JSON-able values, for readers such as the API."""
+        import dataclasses
+
+        doc = dataclasses.asdict(self)
+        doc["models"] = [{"name": m.name, "kind": m.kind, "config": m.config} for m in self.models]
+        return doc
+
     @property
     def is_classification(self) -> bool:
         return self.task in ("binary", "multiclass")

@@ -336,3 +336,30 @@ def test_sample_stream_replays_with_delayed_labels():
         assert fh.readline().startswith("{")
     assert scan(STREAM) == 1250
     assert all(event.label is not None for event in read_events(STREAM))
+
+
+def test_the_readme_compose_instructions_match_the_compose_file():
+    """Service names, host ports and the replay profile, as the README's Docker Compose
+    section gives them, are docker-compose.yaml's."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Docker Compose", 1)[1].split("\n## ", 1)[0]
+    services = load_yaml(COMPOSE)["services"]
+    rows = re.findall(r"^\| `([a-z-]+)` \| (.*) \| (.*) \|$", section, re.M)
+    assert {name for name, _, _ in rows} == set(services)
+    for name, _, port in rows:
+        published = [str(p).split(":")[0] for p in services[name].get("ports", [])]
+        host = re.match(r"^(\d+)", port.strip())
+        assert published == ([host.group(1)] if host else []), (name, port, published)
+        metrics = re.search(r"metrics (\d+)", port)
+        if metrics:
+            env = services[name]["environment"]
+            assert env["HEADWATER_METRICS_PORT"] == int(metrics.group(1)), name
+    profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiles == {"replay": ["replay"]}
+    assert "docker compose --profile replay run --rm replay" in section
+    assert "docker compose up -d" in section
+    replay_row = next(r for r in rows if r[0] == "replay")
+    assert " ".join(services["replay"]["command"]) in replay_row[1]
+    for name in PIPELINE_SERVICES:
+        row = next(r for r in rows if r[0] == name)
+        assert " ".join(services[name]["command"]) in row[1], name

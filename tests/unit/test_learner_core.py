@@ -225,3 +225,31 @@ def test_a_model_failing_to_predict_teaches_no_model_and_loses_no_early_label():
     assert core.learned == {"logreg": 0, "refuses": 0}
     assert core.models["logreg"].estimator._weights.to_dict() == {}
     assert "e1" in core.early  # still waiting; past the horizon it counts as unmatched
+
+
+def test_a_paused_model_predicts_and_is_scored_but_learns_nothing():
+    """The API's pause: the paused model's state stays as it was while the others learn;
+    resumed, it learns again."""
+    import pickle
+
+    core = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/phishing.yaml"))
+    events = list(dataset_events("Phishing"))
+    run_core(core, events[:500])
+    frozen = pickle.dumps(core.models["logreg"])
+    learned = dict(core.learned)
+    core.set_paused(frozenset({"logreg", "no-such-model"}))
+    assert core.paused == frozenset({"logreg"})
+    predictions = run_core(core, events[500:700])
+    assert len([p for p in predictions if p.model == "logreg"]) == 200  # still predicting
+    assert pickle.dumps(core.models["logreg"]) == frozen
+    assert core.learned["logreg"] == learned["logreg"]
+    assert core.learned["hoeffding-tree"] == learned["hoeffding-tree"] + 200
+    assert core.labels_skipped_paused == 200
+    assert core.labels_learned == 700
+    # resumed: the same as a model that never saw events 500..699
+    core.set_paused(frozenset())
+    run_core(core, events[700:800])
+    reference = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/phishing.yaml"))
+    run_core(reference, events[:500] + events[700:800])
+    assert pickle.dumps(core.models["logreg"]) == pickle.dumps(reference.models["logreg"])
+    assert core.learned["logreg"] == 600

@@ -1,0 +1,146 @@
+"""Request and response bodies of the API, for validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scalar = float | int | bool | str | None
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable reason.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not_ready")
+    redis: bool
+    stale_checkpoints: list[str] = Field(
+        description="Running learners whose newest checkpoint is older than "
+        "HEADWATER_API_CHECKPOINT_STALE_S."
+    )
+
+
+class PipelineList(BaseModel):
+    pipelines: list[str]
+
+
+class ModelList(BaseModel):
+    pipeline: str
+    models: list[str]
+
+
+class InputOffset(BaseModel):
+    topic: str
+    partition: int
+    next_offset: int = Field(description="The next input offset the checkpoint holds.")
+    high_watermark: int | None = Field(description="null when Kafka did not answer in time.")
+    lag: int | None = Field(description="Records not yet in a checkpoint; null if unknown.")
+
+
+class Metrics(BaseModel):
+    overall: dict[str, float] = Field(description="Prequential, over the whole stream.")
+    rolling: dict[str, float] = Field(description='Over the last N labels ("(last N)").')
+
+
+class Checkpoint(BaseModel):
+    version: int
+    written_at: float = Field(description="Unix time.")
+    age_seconds: float
+    reason: str
+
+
+class DriftStatus(BaseModel):
+    alerts: int = Field(description="Concept and prediction drift alerts kept for the model.")
+    latest: dict[str, Any] | None = Field(description="The newest of them (drift-alert/v1).")
+    reactions: dict[str, int] = Field(
+        description="What the learner did about concept drift (drift.reaction)."
+    )
+
+
+class ModelState(BaseModel):
+    pipeline: str
+    model: str
+    version: int | None = Field(description="Newest checkpoint version; null before the first.")
+    task: str | None
+    spec: dict[str, Any] | None = Field(description="The model's section of the pipeline spec.")
+    learning: str = Field(description="learning or paused")
+    running: bool = Field(description="A learner wrote its status in the last 30 s.")
+    events_seen: int | None
+    labels_learned: int | None
+    pending_labels: int | None
+    metrics: Metrics
+    last_checkpoint: Checkpoint | None
+    inputs: list[InputOffset]
+    drift: DriftStatus
+
+
+class Version(BaseModel):
+    version: int
+    written_at: float
+    reason: str
+    events_seen: int | None
+    labels_learned: int | None
+    learned: int | None = Field(description="Labels this model had learned.")
+    metrics: Metrics
+
+
+class VersionList(BaseModel):
+    pipeline: str
+    model: str
+    versions: list[Version]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, Scalar] = Field(
+        description="An event's data: feature name to number, string, bool or null.",
+        examples=[{"empty_server_form_handler": 0.0, "popup_window": 1.0}],
+    )
+
+
+class PredictResponse(BaseModel):
+    pipeline: str
+    model: str
+    version: int
+    prediction: Scalar
+    proba: list[tuple[Scalar, float]] | None
+
+
+class FeaturesResponse(BaseModel):
+    pipeline: str
+    entity: str
+    features: dict[str, Any]
+    event_id: str
+    event_time: float
+    age_seconds: float = Field(description="Now minus the event time they were computed at.")
+    expires_in_seconds: float | None = Field(description="Until the entity's TTL drops them.")
+
+
+class DriftList(BaseModel):
+    pipeline: str
+    alerts: list[dict[str, Any]] = Field(description="drift-alert/v1 records, newest first.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="A checkpoint version from .../versions.")
+
+
+class AdminAccepted(BaseModel):
+    pipeline: str
+    model: str
+    action: str
+    detail: str

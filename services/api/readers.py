@@ -1,0 +1,176 @@
+"""What the API reads: Redis state written by the services, and Kafka's watermarks for lag.
+
+The API is a reader: it never writes model state. Its only writes are requests the learner
+applies itself (a rollback request, the set of paused models), so the learner stays the one
+owner of its checkpoints (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from services.monitor.alert_store import AlertStore
+from shared.checkpoint.store import CheckpointInfo, CheckpointStore
+
+PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
+# Keys that show a pipeline exists: a learner's status or checkpoints, the monitor's alerts.
+_MARKERS = ("learner:status", "learner:ckpt:latest", "monitor:alerts", "learner:spec")
+_ROLLING = re.compile(r"^(?P<name>.+) \(last (?P<window>\d+)\)$")
+LIVE_S = 30.0  # a learner whose status is older than this is not running
+
+
+def split_metrics(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(overall, rolling): rolling ones are named "Accuracy (last 1000)"."""
+    overall: dict[str, float] = {}
+    rolling: dict[str, float] = {}
+    for name, value in values.items():
+        (rolling if _ROLLING.match(name) else overall)[name] = float(value)
+    return overall, rolling
+
+
+def status_metrics(status: Mapping[str, str], model: str) -> dict[str, float]:
+    """A model's metrics from the learner's status hash (`metric:<model>:<name>` fields)."""
+    prefix = f"metric:{model}:"
+    out: dict[str, float] = {}
+    for key, value in status.items():
+        if key.startswith(prefix):
+            try:
+                out[key[len(prefix) :]] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_offsets(raw: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    """A checkpoint's `offsets` meta ({"topic[p]": next offset}) as (topic, partition, offset)."""
+    out = []
+    for key, offset in raw.items():
+        match = re.match(r"^(?P<topic>.+)\[(?P<p>\d+)\]$", key)
+        if match and isinstance(offset, int):
+            out.append((match["topic"], int(match["p"]), offset))
+    return sorted(out)
+
+
+@dataclass
+class Watermarks:
+    """High watermarks from Kafka, for consumer lag; None when the broker does not answer
+    in time (the API still answers, with the lag unknown)."""
+
+    bootstrap: str
+    timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def high(self, topic: str, partition: int) -> int | None:
+        with self._lock:
+            try:
+                if self._consumer is None:
+                    self._consumer = Consumer(
+                        {
+                            "bootstrap.servers": self.bootstrap,
+                            "group.id": "headwater-api-watermarks",  # never joins: no subscribe
+                            "enable.auto.commit": False,
+                            "socket.timeout.ms": int(self.timeout_s * 1000),
+                        }
+                    )
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self.timeout_s
+                )
+                return int(high)
+            except (KafkaException, RuntimeError):
+                return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+
+class StateReader:
+    """Reads of one Redis holding any number of pipelines' state."""
+
+    def __init__(self, client: redis.Redis, checkpoint_key: bytes, keep: int) -> None:
+        self.client = client
+        self._key = checkpoint_key
+        self._keep = keep
+
+    def pipelines(self) -> list[str]:
+        found: set[str] = set()
+        for marker in (*_MARKERS, "features-status:*"):
+            for key in self.client.scan_iter(match=f"headwater:*:{marker}", count=1000):
+                name = key.decode().split(":")[1]
+                if PIPELINE_NAME.match(name):
+                    found.add(name)
+        return sorted(found)
+
+    def exists(self, pipeline: str) -> bool:
+        if not PIPELINE_NAME.match(pipeline):
+            return False
+        keys = [f"headwater:{pipeline}:{marker}" for marker in _MARKERS]
+        if self.client.exists(*keys):
+            return True
+        features = self.client.scan_iter(
+            match=f"headwater:{pipeline}:features-status:*", count=1000
+        )
+        return next(iter(features), None) is not None
+
+    def checkpoints(self, pipeline: str) -> CheckpointStore:
+        return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
+
+    def status(self, pipeline: str) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(f"headwater:{pipeline}:learner:status")  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def spec(self, pipeline: str) -> dict[str, Any] | None:
+        raw = self.client.get(f"headwater:{pipeline}:learner:spec")
+        spec = json.loads(raw) if raw else None
+        return spec if isinstance(spec, dict) else None
+
+    def latest(self, pipeline: str) -> CheckpointInfo | None:
+        versions = self.checkpoints(pipeline).versions()
+        return versions[0] if versions else None
+
+    def models(self, pipeline: str) -> list[str]:
+        """The pipeline's models: from its spec, else its newest checkpoint, else the
+        learner's status."""
+        spec = self.spec(pipeline)
+        if spec and isinstance(spec.get("models"), list):
+            return [m["name"] for m in spec["models"] if isinstance(m, dict) and "name" in m]
+        info = self.latest(pipeline)
+        if info is not None and isinstance(info.meta.get("learned"), dict):
+            return list(info.meta["learned"])
+        names = {k.split(":")[1] for k in self.status(pipeline) if k.startswith("metric:")}
+        return sorted(names)
+
+    def paused(self, pipeline: str) -> set[str]:
+        members: set[bytes] = self.client.smembers(f"headwater:{pipeline}:learner:paused")  # type: ignore[assignment]
+        return {m.decode() for m in members}
+
+    def set_paused(self, pipeline: str, model: str, paused: bool) -> None:
+        key = f"headwater:{pipeline}:learner:paused"
+        if paused:
+            self.client.sadd(key, model)
+        else:
+            self.client.srem(key, model)
+
+    def alerts(self, pipeline: str, limit: int) -> list[dict[str, Any]]:
+        return AlertStore(self.client, pipeline).latest(limit)
+
+    def learner_running(self, status: Mapping[str, str], now: float | None = None) -> bool:
+        try:
+            updated = float(status.get("updated_at", "0"))
+        except ValueError:
+            return False
+        return (now or time.time()) - updated <= LIVE_S
