@@ -141,8 +141,8 @@ class ServiceMetrics:
 
 class CheckpointMetrics:
     """checkpoint_seconds, checkpoint_bytes and checkpoint_age_seconds. The age is computed
-    at scrape time: since the last successful checkpoint, or since the service started if
-    it has not written one yet."""
+    at scrape time: since the last successful checkpoint (or the service's start), while
+    applied records wait for a checkpoint; 0 when none do."""
 
     def __init__(self, m: ServiceMetrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = m.histogram(
@@ -155,11 +155,25 @@ class CheckpointMetrics:
         )
         self.age = m.gauge(
             "checkpoint_age_seconds",
-            "Seconds since the last successful checkpoint (since the start before the first).",
+            "Seconds since the last successful checkpoint (since the start before the first) "
+            "while records wait for one; 0 when every record applied is checkpointed.",
         )
         self._clock = clock
         self.last_success = clock()
-        self.age.set_function(lambda: self._clock() - self.last_success)
+        # Records applied and not yet checkpointed, as the service counts them (set by the
+        # service). An idle service has nothing to lose: its age is 0, not an alert.
+        self.unsaved: Callable[[], int] | None = None
+        self.age.set_function(self._age)
+
+    def _age(self) -> float:
+        """Read in the exporter's thread: the service's count may be mid-change, and then
+        the plain age since the last checkpoint stands."""
+        try:
+            if self.unsaved is not None and self.unsaved() == 0:
+                return 0.0
+        except RuntimeError:  # a dict of partitions changed size while summed
+            pass
+        return self._clock() - self.last_success
 
     def written(self, seconds: float, nbytes: int) -> None:
         """A checkpoint succeeded: it took `seconds`; the checkpointed state is `nbytes`."""

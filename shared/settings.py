@@ -6,7 +6,7 @@ in a composition root.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,6 +99,16 @@ class Settings(BaseSettings):
         description="The API's /readyz fails when a running learner's newest checkpoint is "
         "older than this.",
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _blank_token_is_unset(cls, token: SecretStr | None) -> SecretStr | None:
+        """An empty HEADWATER_API_TOKEN (compose passes one through when the shell has it
+        empty) must not become a token that an empty header matches."""
+        if token is None or not token.get_secret_value().strip():
+            return None
+        return token
+
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
     max_message_bytes: int = Field(

@@ -100,7 +100,8 @@ def admin(
     if token is None:
         raise ApiError(503, "admin_disabled", "admin routes are off: HEADWATER_API_TOKEN is unset")
     given = "" if credentials is None else credentials.credentials
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    expected = token.get_secret_value().encode()
+    if not given or not hmac.compare_digest(given.encode(), expected):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
@@ -210,7 +211,7 @@ def create_app(
         return _error(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
     @app.get("/healthz", response_model=m.Health, tags=["health"])
-    def healthz() -> m.Health:
+    async def healthz() -> m.Health:
         """The process is up (no dependency checked)."""
         return m.Health(status="ok")
 
@@ -230,10 +231,20 @@ def create_app(
         stale = []
         now = time.time()
         for pipeline in ctx.reader.pipelines():
-            if not ctx.reader.learner_running(ctx.reader.status(pipeline), now):
+            status = ctx.reader.status(pipeline)
+            if not ctx.reader.learner_running(status, now):
                 continue
             info = ctx.reader.latest(pipeline)
-            if info is None or now - info.created_at > ctx.settings.api_checkpoint_stale_s:
+            if info is None:
+                if _int(status.get("events_seen")):
+                    stale.append(pipeline)  # records applied, none checkpointed yet
+                continue
+            # An idle learner's checkpoint may be old and still hold everything it learned
+            unsaved = any(
+                _int(status.get(k)) != _int(info.meta.get(k))
+                for k in ("events_seen", "labels_learned")
+            )
+            if unsaved and now - info.created_at > ctx.settings.api_checkpoint_stale_s:
                 stale.append(pipeline)
         body = m.Readiness(
             status="not_ready" if stale else "ready", redis=True, stale_checkpoints=stale

@@ -79,6 +79,7 @@ class FeaturesService:
 
     def __post_init__(self) -> None:
         self.lag = ConsumerLag(self.metrics.consumer_lag)
+        self.metrics.checkpoint.unsaved = self._unsaved
         # bound once: the counters move once per batch
         self._applied = self.metrics.records.labels("applied")
         self._emitted_out = self.metrics.records_out.labels(self.settings.topics.features)
@@ -240,6 +241,9 @@ class FeaturesService:
         self.metrics.records.labels("dead_lettered").inc()
         self.metrics.records_out.labels(self.settings.topics.events_dlq).inc()
         self.metrics.dead_letters.labels(reason).inc()
+
+    def _unsaved(self) -> int:
+        return sum(o.since_checkpoint for o in list(self.owned.values()))
 
     def _due(self) -> bool:
         records = sum(o.since_checkpoint for o in self.owned.values())

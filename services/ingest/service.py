@@ -121,6 +121,7 @@ class IngestService:
 
     def __post_init__(self) -> None:
         self.lag = ConsumerLag(self.metrics.consumer_lag)
+        self.metrics.checkpoint.unsaved = self._unsaved
 
     # -- ownership -------------------------------------------------------------------
 
@@ -421,6 +422,9 @@ class IngestService:
         self.metrics.records_out.labels(self.settings.topics.events_dlq).inc()
 
     # -- checkpoints and status ------------------------------------------------------
+
+    def _unsaved(self) -> int:
+        return sum(o.since_checkpoint for o in list(self.owned.values()))
 
     def _due(self) -> bool:
         records = sum(o.since_checkpoint for o in self.owned.values())

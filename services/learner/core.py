@@ -149,6 +149,8 @@ class LearnerCore:
         self.models[name] = model
         self.metrics[name] = metrics
         self.learned[name] = learned
+        if self.reactions is not None:  # a trial or detector of the replaced state is moot
+            self.reactions.forget(name)
         self._plan = None
 
     @classmethod
@@ -182,11 +184,17 @@ class LearnerCore:
         `check_label`: the caller's side of a model process does both."""
         plan = self._plan or self.plan
         joined: list[Joined] = []
-        if label is not None and len(plan) == 1 and self.reactions is None and not self.paused:
+        reactions = self.reactions
+        if (
+            label is not None
+            and len(plan) == 1
+            and not self.paused
+            and (reactions is None or not reactions.trials)
+        ):
             # One model, the commonest pipeline: predict and learn in one call (one pass for
             # VW). With several, all predict before any learns, so a record one of them
-            # cannot take (dead-lettered) teaches none of them. (A reaction needs the steps
-            # apart: a fallback on trial predicts before the model learns.)
+            # cannot take (dead-lettered) teaches none of them. (A fallback on trial needs
+            # the steps apart: it predicts before the model learns.)
             step = plan[0]
             scores: Scores = (step.predict_learn(x, label),)
             self.events_seen += 1
@@ -196,6 +204,8 @@ class LearnerCore:
                 update_metrics(self._metric_plan, label, scores)
             self.learned[step.name] += 1
             self.labels_learned += 1
+            if reactions is not None:
+                self._react(plan, event_id, label, scores)
             if self.pending or self.early:
                 self._expire(joined)
             return scores, joined
@@ -297,7 +307,7 @@ class LearnerCore:
             update_metrics(self._metric_plan, label, scores)
         reactions = self.reactions
         if reactions is not None and reactions.trials:
-            reactions.try_fresh(self.models, x, label)
+            reactions.try_fresh(self.models, x, label, self.paused)
         for step in plan:
             if step.paused:
                 self.labels_skipped_paused += 1
@@ -306,11 +316,21 @@ class LearnerCore:
             learned[step.name] += 1
         self.labels_learned += 1
         if reactions is not None:
-            models = self.models
-            replaced = reactions.trials and reactions.settle_trials(models)
-            predictions = [(s.name, score[0]) for s, score in zip(plan, scores, strict=True)]
-            if reactions.observe(models, event_id, label, predictions, self.marks) or replaced:
-                self._plan = None  # the next record binds the new models' calls
+            self._react(plan, event_id, label, scores)
+
+    def _react(self, plan: tuple[Step, ...], event_id: str, label: Any, scores: Scores) -> None:
+        """After the models learned a label: trials that are over, then each learning
+        model's error into its concept detector (reaction.py). A paused model is left as
+        the operator left it."""
+        reactions = self.reactions
+        assert reactions is not None
+        models = self.models
+        replaced = bool(reactions.trials) and reactions.settle_trials(models)
+        predictions = [
+            (s.name, score[0]) for s, score in zip(plan, scores, strict=True) if not s.paused
+        ]
+        if reactions.observe(models, event_id, label, predictions, self.marks) or replaced:
+            self._plan = None  # the next record binds the new models' calls
 
     def metric_values(self) -> dict[str, dict[str, float]]:
         return metric_values(self.metrics)

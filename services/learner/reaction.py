@@ -92,15 +92,26 @@ class Reactions:
             self.blueprints,
         )
 
+    def forget(self, name: str) -> None:
+        """A model replaced from outside (a rollback): its trial and detector go."""
+        if self.trials.pop(name, None) is not None:
+            self.counts["fallbacks_dropped"] += 1
+        self.watches.pop(name, None)
+
     def fresh(self, name: str) -> ModelAdapter:
         kind, config, path = self.blueprints[name]
         return build_model(name, kind, config, self.task, path)
 
-    def try_fresh(self, models: Mapping[str, ModelAdapter], x: Any, label: Any) -> None:
+    def try_fresh(
+        self, models: Mapping[str, ModelAdapter], x: Any, label: Any, paused: frozenset[str]
+    ) -> None:
         """Before the models learn a label: each fresh model on trial and the model it may
-        replace predict the label's features, then the fresh one learns them."""
+        replace predict the label's features, then the fresh one learns them (not while an
+        operator has paused the model's learning)."""
         task = self.task
         for name, trial in self.trials.items():
+            if name in paused:
+                continue
             error_model = prediction_error(task, models[name].predict(x)[0], label)
             error_fresh = prediction_error(task, trial.model.predict(x)[0], label)
             if error_model is not None and error_fresh is not None:  # else: not comparable
@@ -162,7 +173,9 @@ class Reactions:
                 replaced = True
                 self.counts["resets"] += 1
             else:
-                self.trials[name] = Trial(self.fresh(name))  # a new one, if one was on trial
+                if name in self.trials:  # a new trial replaces the running one
+                    self.counts["fallbacks_dropped"] += 1
+                self.trials[name] = Trial(self.fresh(name))
                 self.counts["fallbacks_started"] += 1
             marks.append((event_id, name, type(watch.detector).__name__, self.action, figures))
             log.info(

@@ -201,6 +201,10 @@ class LearnerService:
         self._label_lags: list[int] = []  # of the labels joined since the last tally
         self._counters: dict[tuple[str, str], Counter] = {}  # the tally's, bound once
         self.lag = ConsumerLag(metrics.stream.consumer_lag)
+        # A standby applies nothing: its checkpoint age stays 0, not an alert.
+        metrics.stream.checkpoint.unsaved = lambda: (
+            0 if self.checkpointer is None else self.checkpointer.records_since
+        )
         # Latency samples: per input partition of events, (offset, Kafka timestamp in s) of
         # sampled records, observed once a published batch has passed their offset.
         self._source_topic = next(
@@ -353,9 +357,20 @@ class LearnerService:
             return
         self.publish(block=True)
         self._worker().set_paused(paused)
-        if self._paused_models is not None or paused:
-            log.info("paused models changed", extra={"fields": {"paused": sorted(paused)}})
+        changed = self._paused_models is not None or paused
         self._paused_models = paused
+        if not changed:
+            return
+        log.info("paused models changed", extra={"fields": {"paused": sorted(paused)}})
+        # Checkpointed at once, as a rollback is: a replay after a crash must pause at the
+        # same record, not wherever the next status tick falls.
+        try:
+            self.checkpoint(f"paused {','.join(sorted(paused)) or 'none'}")
+        except redis.RedisError as exc:
+            log.error(
+                "pause applied but not yet checkpointed; the next checkpoint records it",
+                extra={"fields": {"error": str(exc)}},
+            )
 
     def checkpoint(self, reason: str) -> int:
         """Every submitted record's outputs produced, then the worker's state persisted."""

@@ -48,6 +48,15 @@ class DriftEngine:
     signals: dict[SignalKey, _Signal] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A checkpoint from before the cool-down was a CoolDown keeps its counts."""
+        self.__dict__.update(state)
+        for key, signal in self.signals.items():
+            old = signal.__dict__
+            if "cool" not in old:
+                seen, quiet = old.pop("seen", 0), old.pop("quiet_until", 0)
+                signal.cool = CoolDown(self._cooldown(key[1]), seen, quiet)
+
     def observe_outcome(self, outcome: Outcome, lineage: Lineage) -> list[DriftAlert]:
         """Concept and prediction drift of the outcome's model."""
         alerts: list[DriftAlert] = []

@@ -102,6 +102,7 @@ class MonitorService:
     def __post_init__(self) -> None:
         stream = self.metrics.stream
         self.lag = ConsumerLag(stream.consumer_lag)
+        stream.checkpoint.unsaved = self._unsaved
         self._records = {
             outcome: stream.records.labels(outcome)
             for outcome in ("applied", "skipped_replayed", "dead_lettered", "other_pipeline")
@@ -240,6 +241,9 @@ class MonitorService:
                 }
             },
         )
+
+    def _unsaved(self) -> int:
+        return sum(o.since_checkpoint for o in list(self.owned.values()))
 
     def due(self) -> bool:
         records = sum(o.since_checkpoint for o in self.owned.values())

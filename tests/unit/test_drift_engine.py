@@ -271,3 +271,22 @@ def test_the_default_drift_section():
     )
     assert spec.drift == DriftSpec()
     assert spec.drift.concept.detector == "river.drift.ADWIN"
+
+
+def test_a_checkpoint_from_before_the_shared_cool_down_restores_alike():
+    """Engines checkpointed when a signal kept `seen` and `quiet_until` itself go on with
+    the same counts."""
+    records = list(outcomes(abrupt(), DRIFT_AT + 3000))
+    reference = DriftEngine("p", "binary", DriftSpec())
+    old = DriftEngine("p", "binary", DriftSpec())
+    run(reference, iter(records[:DRIFT_AT]))
+    run(old, iter(records[:DRIFT_AT]))
+    for signal in old.signals.values():  # the old layout
+        cool = signal.__dict__.pop("cool")
+        signal.__dict__.update(seen=cool.seen, quiet_until=cool.quiet_until)
+    restored = pickle.loads(pickle.dumps(old))
+    tail = iter(records[DRIFT_AT:])
+    assert run(restored, tail) == run(reference, iter(records[DRIFT_AT:]))
+    assert {k: s.cool for k, s in restored.signals.items()} == {
+        k: s.cool for k, s in reference.signals.items()
+    }

@@ -301,3 +301,17 @@ def test_a_restore_keeps_the_reaction_state_only_while_the_spec_asks_for_the_sam
     assert carried_over(reset, fallback) is fallback  # changed: the spec's, afresh
     assert carried_over(reset, None) is None  # turned off
     assert carried_over(None, same) is same  # turned on (or a checkpoint from before)
+
+
+def test_a_paused_model_is_never_reset_or_put_on_trial(records):
+    """An operator's pause wins: the drifted, paused model stays as it was."""
+    for action in ("reset", "fallback"):
+        core = LearnerCore.from_spec(parse_spec(SPEC % action))
+        run(core, records[:DRIFT_AT])
+        kept = core.models["lr"]
+        core.set_paused(frozenset({"lr"}))
+        outcomes = run(core, records[DRIFT_AT : DRIFT_AT + 3000], DRIFT_AT)
+        assert core.models["lr"] is kept, action
+        assert "lr" not in {m for _, m, _ in marked(outcomes)}
+        assert core.reactions is not None
+        assert "lr" not in core.reactions.trials

@@ -5,7 +5,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.kafka.lag import ConsumerLag
 from shared.metrics import CheckpointMetrics, ServiceMetrics, StreamMetrics
-from shared.settings import SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 
 def test_settings_come_from_headwater_variables(monkeypatch):
@@ -90,6 +90,13 @@ def test_checkpoint_age_counts_from_the_start_then_from_the_last_checkpoint():
     assert value("checkpoint_age_seconds") == 2.5
     assert value("checkpoint_bytes") == 4096
     assert value("checkpoint_seconds_count") == 1
+    # With the service's count of unsaved records: an idle service has nothing at risk
+    unsaved = [0]
+    checkpoint.unsaved = lambda: unsaved[0]
+    now[0] = 500.0
+    assert value("checkpoint_age_seconds") == 0.0
+    unsaved[0] = 3
+    assert value("checkpoint_age_seconds") == 392.5  # since the checkpoint at 107.5
 
 
 class _Consumer:
@@ -134,3 +141,13 @@ def test_consumer_lag_is_set_once_per_interval_and_forgets_revoked_partitions():
     del consumer.marks[("a", 1)]  # revoked
     lag.update(consumer, handled)
     assert (gauge("a", 0), gauge("a", 1)) == (140, None)
+
+
+def test_a_blank_api_token_is_no_token():
+    """Compose passes HEADWATER_API_TOKEN through empty when the shell has it empty; an
+    empty header must never match it."""
+    assert Settings(api_token="").api_token is None
+    assert Settings(api_token="   ").api_token is None
+    token = Settings(api_token="s3cret").api_token
+    assert token is not None
+    assert token.get_secret_value() == "s3cret"
