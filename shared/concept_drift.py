@@ -7,14 +7,15 @@ wall-clock time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from shared.codec import is_finite_number
+
 
 def is_number(value: Any) -> TypeGuard[int | float]:
-    """A finite number that is not a boolean."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that is not a boolean (shared.codec's test, typed as a guard)."""
+    return is_finite_number(value)
 
 
 def prediction_error(task: str, prediction: Any, label: Any) -> float | None:

@@ -27,6 +27,7 @@ from services.api.predictor import NoModelError, Predictor
 from services.api.readers import StateReader, Watermarks, parse_offsets, split_metrics
 from services.api.readers import status_metrics as metrics_of_status
 from services.features.store import FeatureStore
+from services.learner.reaction import REACTION_COUNTS
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.checkpoint.store import CheckpointNotFoundError
 from shared.messages import MessageError
@@ -36,13 +37,8 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REACTION_FIELDS = (
-    "drift_resets",
-    "drift_fallbacks_started",
-    "drift_fallbacks_promoted",
-    "drift_fallbacks_dropped",
-    "drift_trials",
-)
+# The learner's status fields of its drift reaction (services/learner/worker.core_status)
+REACTION_FIELDS = (*(f"drift_{name}" for name in REACTION_COUNTS), "drift_trials")
 
 
 class ApiError(Exception):

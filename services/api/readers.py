@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.monitor.alert_store import AlertStore
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
+from shared.redis_store import RedisStore
 
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
 # Keys that show a pipeline exists: a learner's status or checkpoints, the monitor's alerts.
@@ -130,11 +131,11 @@ class StateReader:
         return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
 
     def status(self, pipeline: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(f"headwater:{pipeline}:learner:status")  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.client.hgetall(RedisStore.key(pipeline, "learner", "status"))  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def spec(self, pipeline: str) -> dict[str, Any] | None:
-        raw = self.client.get(f"headwater:{pipeline}:learner:spec")
+        raw = self.client.get(RedisStore.key(pipeline, "learner", "spec"))
         spec = json.loads(raw) if raw else None
         return spec if isinstance(spec, dict) else None
 
@@ -155,11 +156,11 @@ class StateReader:
         return sorted(names)
 
     def paused(self, pipeline: str) -> set[str]:
-        members: set[bytes] = self.client.smembers(f"headwater:{pipeline}:learner:paused")  # type: ignore[assignment]
+        members: set[bytes] = self.client.smembers(RedisStore.key(pipeline, "learner", "paused"))  # type: ignore[assignment]
         return {m.decode() for m in members}
 
     def set_paused(self, pipeline: str, model: str, paused: bool) -> None:
-        key = f"headwater:{pipeline}:learner:paused"
+        key = RedisStore.key(pipeline, "learner", "paused")
         if paused:
             self.client.sadd(key, model)
         else:

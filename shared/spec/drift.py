@@ -15,7 +15,6 @@ from shared.models.river_factory import FactoryError, build_component
 
 KINDS = ("concept", "covariate", "prediction")
 DEFAULT_CONCEPT_DETECTOR = "river.drift.ADWIN"
-REACTIONS = ("none", "reset", "fallback")
 
 
 @dataclass(frozen=True, slots=True)
