@@ -132,7 +132,7 @@ def service_rate(
         )
         service = build_learner(settings, spec)
         events_seen = functools.partial(operator.attrgetter("events_seen"), service)
-        broker = stack.broker.proc.pid if stack.broker is not None else None
+        broker = stack.broker.process.pid if stack.broker.process is not None else None
         learner = weakref.ref(service)  # the service must go before the stack does
         meter = CpuMeter(
             lambda: {

@@ -47,21 +47,42 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+class BrokerChoice(enum.StrEnum):
+    tansu = "tansu"
+    kafka = "kafka"
+
+
+BrokerOption = Annotated[
+    BrokerChoice,
+    typer.Option(
+        help="tansu: the embedded broker, nothing to install; kafka: Apache Kafka (the "
+        "reference; needs Java 17+ and Maven, the jars are downloaded once)."
+    ),
+]
+
+
 @app.command()
 def stack(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per pipeline topic.")] = 1,
     kafka_port: Annotated[int, typer.Option(help="Broker port (0 = a free one).")] = 0,
     redis_port: Annotated[int, typer.Option(help="Redis port (0 = a free one).")] = 0,
+    broker: BrokerOption = BrokerChoice.tansu,
 ) -> None:
-    """Start a Tansu broker and a private Redis on loopback until Ctrl-C."""
+    """Start a broker (Tansu, or Apache Kafka) and a private Redis on loopback until Ctrl-C."""
     from shared.shutdown import stop_on_signals
     from shared.stack import LocalStack
     from shared.stack.local_stack import pipeline_topics
 
     settings = load_settings()
     topics = pipeline_topics(settings.topics, partitions)
-    with LocalStack(topics, kafka_port=kafka_port or None, redis_port=redis_port or None) as s:
-        console.print(f"Kafka broker (Tansu): [bold]{s.bootstrap}[/]")
+    with LocalStack(
+        topics,
+        broker=broker.value,
+        kafka_port=kafka_port or None,
+        redis_port=redis_port or None,
+        say=lambda text: console.print(text, highlight=False),
+    ) as s:
+        console.print(f"Kafka broker ({s.broker_name}): [bold]{s.bootstrap}[/]")
         console.print(f"Redis:                [bold]{s.redis_url}[/]")
         console.print(f"Topics ({partitions} partition(s) each): {', '.join(topics)}")
         console.print("Point services and clients at it with:")
@@ -70,8 +91,8 @@ def stack(
         console.print("Press Ctrl-C to stop.", style="dim")
         with stop_on_signals() as stop:
             while not stop.wait(0.5):
-                for proc in (s.broker, s.redis):
-                    if proc is not None and not proc.alive():
+                for proc in s.processes():
+                    if not proc.alive():
                         raise fail(f"{proc.name} exited unexpectedly:\n{proc.log_tail()}")
     console.print("Stack stopped.")
 
@@ -156,6 +177,7 @@ def demo(
         typer.Option(min=0, help="Send labels on the labels topic, delayed by N events."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for predictions.")] = 150.0,
+    broker: BrokerOption = BrokerChoice.tansu,
 ) -> None:
     """Local end-to-end run: stack, learner, replay, and the prequential score from the topic."""
     from services.demo.report import print_summary
@@ -171,6 +193,7 @@ def demo(
             timeout,
             say=lambda text: console.print(text, highlight=False),
             topics=load_settings().topics,
+            broker=broker.value,
         )
     print_summary(summary, console)
 

@@ -144,6 +144,7 @@ def run_demo(
     timeout: float = 150.0,
     say: Callable[[str], None] = print,
     topics: TopicNames | None = None,
+    broker: str = "tansu",
 ) -> DemoSummary:
     """`topics` must be what the learner child reads from the environment (the defaults)."""
     spec = load_spec(spec_path)
@@ -151,8 +152,9 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="headwater-demo-") as tmp:
         name, stream = resolve_dataset(dataset, Path(tmp))
         labels = {e.event_id: e.label for e in read_events(stream)}
-        say(f"Starting the local stack (Tansu broker + Redis) for pipeline {spec.name!r}")
-        with LocalStack(pipeline_topics(topics, 1)) as stack:
+        stack = LocalStack(pipeline_topics(topics, 1), broker=broker, say=say)
+        say(f"Starting the local stack ({stack.broker_name} + Redis) for pipeline {spec.name!r}")
+        with stack:
             say(f"  broker {stack.bootstrap}, redis {stack.redis_url}")
             env = {**stack.env(), "HEADWATER_LOG_FORMAT": "text"}
             helpers = [start_service("ingest", spec_path, env)]

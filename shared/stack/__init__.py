@@ -1,5 +1,5 @@
-"""The local stack: a Tansu broker and a private Redis on free loopback ports."""
+"""The local stack: a broker (Apache Kafka or Tansu) and a private Redis on loopback ports."""
 
-from shared.stack.local_stack import LocalStack, StackError
+from shared.stack.local_stack import BROKERS, BrokerKind, LocalStack, StackError
 
-__all__ = ["LocalStack", "StackError"]
+__all__ = ["BROKERS", "BrokerKind", "LocalStack", "StackError"]

@@ -1,4 +1,4 @@
-"""Start a Tansu broker and a private Redis on free loopback ports, and stop both.
+"""Start a broker (Apache Kafka or Tansu) and a private Redis on free loopback ports.
 
 Serves `headwater stack`, `headwater demo` and the integration-test fixtures alike.
 """
@@ -8,21 +8,26 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
-from shared.kafka.admin import ensure_topics, wait_for_broker
+from shared.kafka.admin import ensure_topics
 from shared.redis_store import RedisStore
 from shared.settings import TopicNames
-from shared.stack.binaries import redis_server_binary, tansu_binary
-from shared.stack.processes import ManagedProcess, free_port, wait_for_port
+from shared.stack.binaries import redis_server_binary
+from shared.stack.kafka_broker import KafkaBroker
+from shared.stack.processes import ManagedProcess, StackError, free_port, wait_for_port
+from shared.stack.tansu_broker import TansuBroker
 
 log = logging.getLogger(__name__)
 
+BrokerKind = Literal["tansu", "kafka"]
+BROKERS: tuple[BrokerKind, ...] = ("tansu", "kafka")
+BROKER_NAMES: dict[BrokerKind, str] = {"tansu": "Tansu", "kafka": "Apache Kafka"}
 
-class StackError(RuntimeError):
-    pass
+__all__ = ["BROKERS", "BrokerKind", "LocalStack", "StackError", "pipeline_topics"]
 
 
 def pipeline_topics(topics: TopicNames, partitions: int) -> dict[str, int]:
@@ -37,21 +42,35 @@ class LocalStack:
         self,
         topics: Mapping[str, int] | None = None,
         *,
+        broker: str = "tansu",
         kafka_port: int | None = None,
         redis_port: int | None = None,
         start_timeout: float = 20.0,
+        say: Callable[[str], None] = log.info,
     ) -> None:
-        self.kafka_port = kafka_port or free_port()
+        if broker not in BROKERS:
+            raise StackError(f"unknown broker {broker!r}: choose one of {', '.join(BROKERS)}")
+        self.broker_kind: BrokerKind = broker
+        self.broker: KafkaBroker | TansuBroker = (
+            KafkaBroker(kafka_port, say=say) if broker == "kafka" else TansuBroker(kafka_port)
+        )
         self.redis_port = redis_port or free_port()
         self.topics = dict(topics if topics is not None else pipeline_topics(TopicNames(), 1))
         self.start_timeout = start_timeout
-        self.broker: ManagedProcess | None = None
         self.redis: ManagedProcess | None = None
         self._redis_dir = Path(tempfile.mkdtemp(prefix="headwater-redis-"))
 
     @property
+    def broker_name(self) -> str:
+        return BROKER_NAMES[self.broker_kind]
+
+    @property
+    def kafka_port(self) -> int:
+        return self.broker.port
+
+    @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.broker.bootstrap
 
     @property
     def redis_url(self) -> str:
@@ -61,9 +80,14 @@ class LocalStack:
         """Environment that points a Headwater service at this stack."""
         return {"HEADWATER_KAFKA_BOOTSTRAP": self.bootstrap, "HEADWATER_REDIS_URL": self.redis_url}
 
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.broker.process, self.redis) if p is not None]
+
     def start(self) -> LocalStack:
         try:
-            self._start_broker()
+            # A JVM's start-up is slower than Tansu's: Kafka gets at least a minute.
+            kafka = self.broker_kind == "kafka"
+            self.broker.start(max(self.start_timeout, 60.0) if kafka else self.start_timeout)
             self._start_redis()
             if self.topics:
                 ensure_topics(self.bootstrap, self.topics)
@@ -71,25 +95,6 @@ class LocalStack:
             self.stop()
             raise
         return self
-
-    def _start_broker(self) -> None:
-        url = f"tcp://{self.bootstrap}"
-        self.broker = ManagedProcess(
-            "tansu",
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-        )
-        if not wait_for_port(self.kafka_port, self.start_timeout, self.broker.proc):
-            raise StackError(f"Tansu did not start on {self.bootstrap}:\n{self.broker.log_tail()}")
-        wait_for_broker(self.bootstrap, self.start_timeout)
 
     def _start_redis(self) -> None:
         self.redis = ManagedProcess(
@@ -115,11 +120,11 @@ class LocalStack:
         RedisStore(self.redis_url).wait_ready(self.start_timeout)
 
     def stop(self) -> None:
-        for proc in (self.redis, self.broker):
-            if proc is not None:
-                proc.stop()
-                proc.cleanup()
-        self.redis = self.broker = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis.cleanup()
+            self.redis = None
+        self.broker.stop()
         shutil.rmtree(self._redis_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalStack:

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+class StackError(RuntimeError):
+    """A local server (broker, Redis) could not be set up or started."""
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

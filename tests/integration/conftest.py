@@ -1,6 +1,7 @@
-"""Integration fixtures: one real Tansu broker and one private Redis per test session.
+"""Integration fixtures: one real broker and one private Redis per test session.
 
-Each test gets fresh topic names (and so fresh consumer groups' state) from `topics`.
+The broker is Apache Kafka (the reference) unless HEADWATER_TEST_BROKER=tansu. Each test gets
+fresh topic names (and so fresh consumer groups' state) from `topics`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count()
 
 
+BROKER = os.environ.get("HEADWATER_TEST_BROKER", "kafka")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    with LocalStack(topics={}) as s:
+    with LocalStack(topics={}, broker=BROKER) as s:
         yield s
 
 

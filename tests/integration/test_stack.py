@@ -22,7 +22,7 @@ def test_stack_creates_topics_with_their_partition_counts_and_stops_everything()
         store.client.set("k", "v")
         assert store.client.get("k") == b"v"
         store.close()
-        procs = [stack.broker.proc, stack.redis.proc]
+        procs = [p.proc for p in stack.processes()]
     assert all(p.poll() is not None for p in procs)
 
 
