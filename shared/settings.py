@@ -6,6 +6,8 @@ in a composition root.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,7 +44,16 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, ge=1, le=100_000, description="Records per consume batch.")
     poll_timeout_s: float = Field(0.2, gt=0, le=30, description="Max wait of one consume.")
     session_timeout_ms: int = Field(
-        6000, ge=1000, description="Consumer group session timeout (Tansu wants <= 6000)."
+        6000,
+        ge=1000,
+        description="Consumer group session timeout, classic protocol only (Kafka's brokers "
+        "accept 6000-1800000 by default; Tansu wants <= 6000).",
+    )
+    group_protocol: Literal["classic", "consumer"] = Field(
+        "classic",
+        description="Consumer group protocol of ingest and features: classic, or consumer "
+        "(KIP-848, Apache Kafka 4+; its session timeout is the broker's). The monitor's "
+        "faust/aiokafka client always uses classic; the learner joins no group.",
     )
     merge_idle_ms: int = Field(
         500,

@@ -54,6 +54,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
         topics=[topics.events_valid],
         session_timeout_ms=settings.session_timeout_ms,
+        group_protocol=settings.group_protocol,
         on_assign=assigned,
         on_revoke=revoked,
     )

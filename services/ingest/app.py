@@ -49,6 +49,7 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.ingest",
         topics=inputs,
         session_timeout_ms=settings.session_timeout_ms,
+        group_protocol=settings.group_protocol,
         on_assign=assigned,
         on_revoke=revoked,
     )

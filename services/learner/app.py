@@ -41,6 +41,7 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.learner",
         topics=None,  # the lease holder owns every partition; see LearnerService
         session_timeout_ms=settings.session_timeout_ms,
+        group_protocol=settings.group_protocol,
     )
     return LearnerService(
         LearnerCore.from_spec(spec),

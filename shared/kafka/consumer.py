@@ -22,6 +22,39 @@ log = logging.getLogger(__name__)
 CONSUMER_TUNING: dict[str, int] = {"fetch.wait.max.ms": 10, "fetch.queue.backoff.ms": 10}
 
 
+GROUP_PROTOCOLS = ("classic", "consumer")
+
+# Group errors that no retry mends: a setting or a permission to change. librdkafka reports
+# them as plain errors and retries for ever, which looks like a hang; the service stops.
+CONFIG_ERRORS: dict[int, str] = {
+    KafkaError.INVALID_SESSION_TIMEOUT: "the broker refuses HEADWATER_SESSION_TIMEOUT_MS "
+    "(outside its group.min/max.session.timeout.ms)",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorised to use the consumer group",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorised to read the topic",
+    KafkaError.UNSUPPORTED_VERSION: "the broker does not support a request this consumer "
+    "needs (with HEADWATER_GROUP_PROTOCOL=consumer: a broker without KIP-848; use classic)",
+}
+
+
+class ConsumerConfigError(RuntimeError):
+    """The broker refused this consumer's group settings or permissions."""
+
+
+def group_settings(protocol: str, session_timeout_ms: int) -> dict[str, Any]:
+    """librdkafka's group settings for `classic` or `consumer` (KIP-848). The consumer
+    protocol's session and heartbeat are the broker's (group.consumer.*): librdkafka refuses
+    session.timeout.ms and heartbeat.interval.ms with it."""
+    if protocol == "consumer":
+        return {"group.protocol": "consumer"}
+    if protocol != "classic":
+        raise ValueError(f"group protocol {protocol!r}: choose one of {GROUP_PROTOCOLS}")
+    return {
+        "group.protocol": "classic",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
+    }
+
+
 class BatchConsumer:
     def __init__(
         self,
@@ -30,6 +63,7 @@ class BatchConsumer:
         topics: Iterable[str] | None,
         *,
         session_timeout_ms: int = 6000,
+        group_protocol: str = "classic",
         auto_offset_reset: str = "earliest",
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
@@ -38,8 +72,7 @@ class BatchConsumer:
         conf: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
-            "session.timeout.ms": session_timeout_ms,
-            "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
+            **group_settings(group_protocol, session_timeout_ms),
             "auto.offset.reset": auto_offset_reset,
             "enable.auto.offset.store": False,
             "enable.auto.commit": True,
@@ -56,6 +89,12 @@ class BatchConsumer:
         }
         conf.update(config)
         self._consumer = Consumer(conf)
+        # The consumer protocol (or a cooperative assignor) hands partitions out a few at a
+        # time: an assignment adds to the one before, through incremental_assign.
+        self._incremental = (
+            conf.get("group.protocol") == "consumer"
+            or conf.get("partition.assignment.strategy") == "cooperative-sticky"
+        )
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self.assignment: list[TopicPartition] = []
@@ -66,8 +105,14 @@ class BatchConsumer:
 
     def assign_exact(self, partitions: list[TopicPartition]) -> None:
         """From an on_assign callback: take the group's partitions at chosen offsets."""
-        self.assignment = list(partitions)
-        self._consumer.assign(self.assignment)
+        if self._incremental:
+            added = {(p.topic, p.partition) for p in partitions}
+            kept = [p for p in self.assignment if (p.topic, p.partition) not in added]
+            self.assignment = kept + list(partitions)
+            self._consumer.incremental_assign(list(partitions))
+        else:
+            self.assignment = list(partitions)
+            self._consumer.assign(self.assignment)
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
         """Own these partitions outright, reading each from the given offset."""
@@ -75,7 +120,10 @@ class BatchConsumer:
         self._consumer.assign(self.assignment)
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assignment = list(partitions)
+        if self._incremental:
+            self.assignment = [*self.assignment, *partitions]
+        else:
+            self.assignment = list(partitions)
         log.info(
             "partitions assigned",
             extra={"fields": {"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}},
@@ -114,6 +162,8 @@ class BatchConsumer:
                 records.append(msg)
             elif err.fatal():
                 raise KafkaException(err)
+            elif err.code() in CONFIG_ERRORS:
+                raise ConsumerConfigError(f"{CONFIG_ERRORS[err.code()]}: {err.str()}")
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"fields": {"error": err.str()}})
         return records

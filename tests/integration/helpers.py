@@ -124,3 +124,30 @@ def end_offset(reader: Consumer, topic: str, partition: int = 0) -> int:
     """The topic partition's high watermark (how many records it holds), asked through a
     `reader` the caller keeps for repeated questions."""
     return int(reader.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
+
+
+def set_topic_config(bootstrap: str, topic: str, config: dict[str, str]) -> None:
+    """Change a topic's settings (e.g. `max.message.bytes`, which Apache Kafka enforces:
+    1 MiB by default), as an operator would with kafka-configs."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    entries = [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()
+    ]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(10)
+
+    def applied() -> bool:  # the broker applies a change from its metadata log, soon after
+        described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+        entries = next(iter(described.values())).result(10)
+        return all(entries[k].value == v for k, v in config.items())
+
+    wait_until(applied, f"{topic}'s new settings {config}", timeout=10)

@@ -226,13 +226,17 @@ def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_pa
             if i % 50 == 0:
                 producer.produce(topics.events, b"\x00broken")  # and some dead letters
             producer.produce(topics.events, value)  # the retry
-            if i % 50 == 0:
+            if i % 10 == 0:  # ~30 s of stream: each of the four kills below comes mid-stream
                 time.sleep(0.01)
         producer.close()
 
     writer = threading.Thread(target=produce)
     writer.start()
-    env = {**service_env(settings), "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000"}
+    env = {
+        **service_env(settings),
+        "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000",
+        "HEADWATER_SESSION_TIMEOUT_MS": "2000",  # the killed member's partitions move sooner
+    }
     client = redis.Redis.from_url(settings.redis_url)
     store = CheckpointStore(client, "ingest", "ingest-events-p0", b"-")
 

@@ -22,7 +22,7 @@ from shared.schemas import validator
 from shared.spec import load_spec
 
 from .conftest import ROOT, ThreadedService
-from .helpers import read_topic
+from .helpers import read_topic, set_topic_config
 
 SPEC = ROOT / "ops/pipelines/phishing.yaml"
 
@@ -132,6 +132,10 @@ def test_bad_records_are_dead_lettered_and_the_learner_keeps_going(settings):
         (encode({**good, "event_id": "s1", "data": {"https": "yes"}}), "model_error"),
         (encode({**good, "event_id": "big", "data": {"s": "x" * 1_500_000}}), "too_large"),
     ]
+    # A topic that takes records over the learner's 1 MiB limit (Kafka's default refuses them).
+    set_topic_config(
+        settings.kafka_bootstrap, settings.topics.events, {"max.message.bytes": "2000000"}
+    )
     learner = ThreadedService(run_learner, settings, load_spec(SPEC)).start()
     try:
         producer = SafeProducer(settings.kafka_bootstrap)

@@ -20,6 +20,7 @@ import yaml
 from services.replay.recorded import read_events, scan
 from shared.settings import TopicNames
 from shared.spec.loader import load_spec
+from shared.stack.kafka_broker import kafka_version
 
 from .conftest import ROOT
 
@@ -272,6 +273,21 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards():
 def test_docker_compose_config_is_valid():
     result = run(docker_compose(), "-f", str(COMPOSE.relative_to(ROOT)), "config", "-q")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_the_kafka_version_the_local_stack_runs():
+    """One pin (.env's KAFKA_VERSION) for compose's image and `headwater stack --broker kafka`;
+    docker-compose substitutes it (the config below is what compose would run)."""
+    version = kafka_version()
+    assert re.fullmatch(r"4\.\d+\.\d+", version), version
+    for name in ("kafka", "kafka-init"):
+        assert load_yaml(COMPOSE)["services"][name]["image"].startswith(
+            "apache/kafka:${KAFKA_VERSION"
+        )
+    result = run(docker_compose(), "-f", str(COMPOSE.relative_to(ROOT)), "config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    images = {s.get("image") for s in yaml.safe_load(result.stdout)["services"].values()}
+    assert f"apache/kafka:{version}" in images
 
 
 def test_compose_services_match_the_metrics_contract_and_the_repository():

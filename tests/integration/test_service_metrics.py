@@ -75,15 +75,17 @@ def eventually(
         time.sleep(0.2)
 
 
-def caught_up(service: str, records: Callable[[Samples], bool]) -> Callable[[Samples], bool]:
-    """The records counted, the lag of every input partition 0, a checkpoint written."""
+def caught_up(
+    service: str, records: Callable[[Samples], bool], inputs: set[str]
+) -> Callable[[Samples], bool]:
+    """The records counted, a lag of 0 for every input's partition, a checkpoint written."""
     p = f"headwater_{service}_"
 
     def done(s: Samples) -> bool:
         lags = series(s, p + "consumer_lag")
         return (
             records(s)
-            and bool(lags)
+            and {dict(labels)["topic"] for labels in lags} == inputs
             and all(v == 0 for v in lags.values())
             and (value(s, p + "checkpoint_bytes") or 0) > 0
         )
@@ -148,7 +150,11 @@ def test_ingest_exports_the_contract(ingest_settings):
     try:
         s = eventually(
             port,
-            caught_up("ingest", lambda s: records_by_outcome(s, "ingest").get("in") == 8),
+            caught_up(
+                "ingest",
+                lambda s: records_by_outcome(s, "ingest").get("in") == 8,
+                {topics.events, topics.labels},
+            ),
             "ingest to catch up",
         )
     finally:
@@ -197,7 +203,11 @@ def test_features_exports_the_contract(settings):
     try:
         s = eventually(
             port,
-            caught_up("features", lambda s: sum(records_by_outcome(s, "features").values()) == 201),
+            caught_up(
+                "features",
+                lambda s: sum(records_by_outcome(s, "features").values()) == 201,
+                {topics.events_valid},
+            ),
             "features to catch up",
         )
     finally:
@@ -227,7 +237,12 @@ def test_learner_exports_the_contract_and_its_latency_and_label_lag(settings, tm
         def counted(s: Samples) -> bool:
             return sum(records_by_outcome(s, "learner").values()) == 601
 
-        s = eventually(port, caught_up("learner", counted), "the learner to catch up", timeout=60)
+        s = eventually(
+            port,
+            caught_up("learner", counted, {topics.events_valid, topics.labels_valid}),
+            "the learner to catch up",
+            timeout=60,
+        )
     finally:
         learner.join()
     p = "headwater_learner_"
@@ -319,7 +334,13 @@ def test_monitor_serves_the_contract_on_its_port_and_counts_drift_alerts(setting
         def counted(s: Samples) -> bool:
             return sum(records_by_outcome(s, "monitor").values()) == len(outcomes) + 2
 
-        s = eventually(port, caught_up("monitor", counted), "the monitor to catch up", proc, 60)
+        s = eventually(
+            port,
+            caught_up("monitor", counted, {topics.outcomes}),
+            "the monitor to catch up",
+            proc,
+            60,
+        )
     finally:
         code = proc.stop()
     assert code == 0, proc.log_tail(40)
