@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BROKER ?= tansu
 
 .PHONY: help setup demo test test-unit lint format bench stack clean
 
@@ -29,9 +30,13 @@ $(STAMP): pyproject.toml
 demo: setup ## Run the local demo: embedded broker + Redis, Phishing replayed through the learner
 	$(BIN)/headwater demo
 
-test: setup ## Run the whole test suite (unit + integration with a real broker and Redis)
+test: setup ## Run the whole test suite: unit + integration on Apache Kafka, then a Tansu smoke subset
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	echo "Tansu smoke subset: the tests marked tansu_smoke again, on the embedded broker"; \
+	HEADWATER_TEST_BROKER=tansu $(BIN)/python -m pytest -m tansu_smoke tests/integration; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tansu_smoke test collected" >&2; exit 1; fi; exit $$rc
 
 test-unit: setup ## Run only the unit tests (no broker, no Redis)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -51,8 +56,8 @@ bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/V
 	$(BIN)/headwater bench features
 	$(BIN)/headwater bench drift
 
-stack: setup ## Start a local broker and Redis until Ctrl-C
-	$(BIN)/headwater stack
+stack: setup ## Start a local broker (BROKER=tansu|kafka) and Redis until Ctrl-C
+	$(BIN)/headwater stack --broker $(BROKER)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

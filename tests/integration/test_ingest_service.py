@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from services.ingest.app import run_ingest
@@ -52,6 +53,7 @@ def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
 T = 1_795_255_200.0  # 2026-11-21T10:00:00Z
 
 
+@pytest.mark.tansu_smoke
 def test_valid_records_pass_normalised_and_bad_ones_are_dead_lettered(ingest_settings):
     settings, topics = ingest_settings, ingest_settings.topics
     sent = [

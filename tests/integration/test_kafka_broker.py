@@ -101,11 +101,19 @@ def wait(condition, what: str, procs: dict, timeout: float = 240.0) -> None:
         time.sleep(0.25)
 
 
-def stop_all(procs: dict) -> dict[str, int | None]:
+def stop_all(procs: dict, logs: Path | None = None) -> dict[str, int | None]:
+    """SIGTERM each; their logs are kept in `logs` if given."""
     codes = {name: p.stop(30) for name, p in procs.items()}
-    for p in procs.values():
-        p.cleanup()
+    for name, p in procs.items():
+        discard(name, p, logs)
     return codes
+
+
+def discard(name: str, proc, logs: Path | None) -> None:
+    if logs is not None:
+        logs.mkdir(exist_ok=True)
+        (logs / f"{name}.log").write_text(proc.log_tail(1_000_000))
+    proc.cleanup()
 
 
 def dedupe(records: list[dict], key) -> tuple[dict, int]:
@@ -288,7 +296,7 @@ def churn_env(settings: Settings) -> dict[str, str]:
         "HEADWATER_CHECKPOINT_INTERVAL_S": "1",
         # The learner waits out a partition stalled by a rebalance, so it merges its inputs
         # in the same order as the uninterrupted run does (README: the ordered merge).
-        "HEADWATER_MERGE_IDLE_MS": "30000",
+        "HEADWATER_MERGE_IDLE_MS": "20000",
     }
 
 
@@ -334,6 +342,7 @@ def outputs(settings: Settings, n: int) -> dict:
         by_lineage,
     )
     alerts = read(topics.drift_alerts, lambda got: True, "alerts")
+    dead = read(topics.events_dlq, lambda got: True, "dead letters")
     meta = monitor_meta(settings, "churn", PARTITIONS)
 
     def without_lineage(r: dict) -> dict:
@@ -342,7 +351,11 @@ def outputs(settings: Settings, n: int) -> dict:
     return {
         "events.valid": sorted((v["event_id"], v["ts"], v["entity"]) for v in valid),
         "features": {
-            r["event"]["event_id"]: (r["features"], r["late_windows"], r["lineage"])
+            r["event"]["event_id"]: (
+                r["features"],
+                r["late_windows"],
+                (r["lineage"]["partition"], r["lineage"]["offset"]),
+            )
             for r in features.values()
         },
         "predictions": {k: without_lineage(r) for k, r in predictions.items()},
@@ -350,6 +363,16 @@ def outputs(settings: Settings, n: int) -> dict:
             (r["model"], r["event_id"], r["prediction"], r["label"]) for r in outcomes.values()
         ),
         "alerts": {a["alert_id"]: without_lineage(a) for a in alerts},
+        "dead letters": sorted(
+            (
+                d["service"],
+                d["source_topic"].split(".")[-1],
+                d["partition"],
+                d["offset"],
+                d["reason"],
+            )
+            for d in dead
+        ),
         "monitor outcomes": meta[topics.outcomes]["outcomes"],
         "monitor feature records": meta[topics.features]["feature_records"],
         "duplicates dropped": {
@@ -362,14 +385,14 @@ def outputs(settings: Settings, n: int) -> dict:
     }
 
 
-def run_pipeline(stack, spec: Path, events: list[Event], churn: bool) -> dict:
+def run_pipeline(stack, spec: Path, events: list[Event], churn: bool, logs: Path) -> dict:
     """The stream through ingest, features, learner and monitor; with `churn`, two
     instances of each but the learner, one of each SIGKILLed mid-stream and restarted."""
     settings = fresh_pipeline(stack, "churn" if churn else "single")
     env = churn_env(settings)
     twice = 2 if churn else 1
     procs = start_all(spec, env, ["learner", *["ingest", "features", "monitor"] * twice])
-    feed = PacedProducer(stack.bootstrap, settings.topics, events, rate=400)
+    feed = PacedProducer(stack.bootstrap, settings.topics, events, rate=500)
     reader = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "watch"})
     kills = []
     try:
@@ -384,7 +407,7 @@ def run_pipeline(stack, spec: Path, events: list[Event], churn: bool) -> dict:
                 feed.wait_for(fraction)
                 victim = f"{service}-0"
                 procs[victim].kill()
-                procs.pop(victim).cleanup()
+                discard(f"{victim}-killed", procs.pop(victim), logs)
                 kills.append((victim, feed.sent))
                 time.sleep(1.0)
                 procs[f"{victim}-restarted"] = start_service(service, spec, env)
@@ -406,7 +429,7 @@ def run_pipeline(stack, spec: Path, events: list[Event], churn: bool) -> dict:
         check_alive(procs)
     finally:
         reader.close()
-        codes = stop_all(procs)
+        codes = stop_all(procs, logs)
     assert codes == dict.fromkeys(codes, 0), codes
     result = outputs(settings, len(events))
     result["kills"] = kills
@@ -419,8 +442,10 @@ def test_scaled_out_services_killed_mid_stream_give_the_single_instance_outputs(
     n = 8_000
     events = sea_events(n)
     started = time.monotonic()
-    single = run_pipeline(stack, spec, events, churn=False)
-    churned = run_pipeline(stack, spec, events, churn=True)
+    single = run_pipeline(stack, spec, events, churn=False, logs=tmp_path / "single")
+    print(f"single-instance run: {time.monotonic() - started:.0f} s")
+    churned = run_pipeline(stack, spec, events, churn=True, logs=tmp_path / "churn")
+    print(f"logs in {tmp_path}")
     missing = n - len({e for _, e in churned["predictions"]})
     print(
         f"records: {n} events + {n} labels; kills (instance, records sent): "
@@ -433,7 +458,7 @@ def test_scaled_out_services_killed_mid_stream_give_the_single_instance_outputs(
     assert len(churned["kills"]) == 3
     assert missing == 0
     assert churned["duplicates dropped"]["events.valid"] == 0  # ingest writes each once
-    for name in ("events.valid", "features", "predictions", "outcomes", "alerts"):
+    for name in ("events.valid", "features", "predictions", "outcomes", "alerts", "dead letters"):
         assert churned[name] == single[name], f"{name} differ from the single-instance run"
     assert single["monitor outcomes"] == single["monitor feature records"] == n
     assert churned["monitor outcomes"] == n

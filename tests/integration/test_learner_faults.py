@@ -157,6 +157,7 @@ def test_sigkill_at_random_moments_learns_each_label_exactly_once(settings, spec
     assert len(mid_stream) >= 5, progress_at_kill
 
 
+@pytest.mark.tansu_smoke
 @pytest.mark.slow
 def test_hot_standby_takes_over_within_ten_seconds_and_loses_nothing(settings, spec_file, tmp_path):
     n = 20_000

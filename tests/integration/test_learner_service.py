@@ -27,6 +27,7 @@ from .helpers import read_topic, set_topic_config
 SPEC = ROOT / "ops/pipelines/phishing.yaml"
 
 
+@pytest.mark.tansu_smoke
 @pytest.mark.parametrize(
     ("delay", "expected", "model_process"),
     [

@@ -153,6 +153,7 @@ def spec_file(tmp_path):
     return path
 
 
+@pytest.mark.tansu_smoke
 def test_alerts_equal_the_in_process_engines_and_a_restart_applies_nothing_twice(
     settings, spec_file
 ):

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from services.launch import start_service
 from shared.kafka import ensure_topics
 from shared.redis_store import RedisStore
@@ -20,6 +22,7 @@ def readme_client() -> str:
     return match.group(1)
 
 
+@pytest.mark.tansu_smoke
 def test_external_client_gets_a_prediction_from_a_running_learner(stack, tmp_path):
     """Default topic names, as a user of `headwater stack` has them."""
     ensure_topics(stack.bootstrap, {n: 1 for n in TopicNames().model_dump().values()})

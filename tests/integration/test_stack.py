@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,13 +9,17 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from shared.redis_store import RedisStore, RedisUnavailableError
-from shared.stack import LocalStack
+from shared.stack import LocalStack, StackError
+from shared.stack.kafka_broker import kafka_jars
 
 from .conftest import ROOT
 
+BOTH = pytest.mark.parametrize("broker", ["tansu", "kafka"])
 
-def test_stack_creates_topics_with_their_partition_counts_and_stops_everything():
-    with LocalStack({"a": 3, "b": 1}) as stack:
+
+@BOTH
+def test_stack_creates_topics_with_their_partition_counts_and_stops_everything(broker):
+    with LocalStack({"a": 3, "b": 1}, broker=broker) as stack:
         meta = AdminClient({"bootstrap.servers": stack.bootstrap}).list_topics(timeout=10).topics
         assert len(meta["a"].partitions) == 3
         assert len(meta["b"].partitions) == 1
@@ -26,9 +31,19 @@ def test_stack_creates_topics_with_their_partition_counts_and_stops_everything()
     assert all(p.poll() is not None for p in procs)
 
 
-def test_headwater_stack_prints_addresses_and_stops_on_ctrl_c():
+@BOTH
+def test_headwater_stack_prints_addresses_and_stops_on_ctrl_c(broker):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "stack", "--partitions", "2"],
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "stack",
+            "--partitions",
+            "2",
+            "--broker",
+            broker,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,9 +89,10 @@ def _alive(pid: int) -> bool:
     return bool(state.stdout.strip()) and not state.stdout.strip().startswith("Z")
 
 
-def test_broker_and_redis_die_with_a_killed_stack_command():
+@BOTH
+def test_broker_and_redis_die_with_a_killed_stack_command(broker):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "stack"],
+        [sys.executable, "-m", "services.cli.main", "stack", "--broker", broker],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -96,3 +112,31 @@ def test_broker_and_redis_die_with_a_killed_stack_command():
             time.sleep(0.1)
     finally:
         proc.kill()
+
+
+def test_kafka_without_java_or_maven_says_what_to_install(tmp_path):
+    """No traceback: one line naming the tool and the Debian package. Maven is only needed
+    while the jars are not cached (an empty cache folder here)."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "java").symlink_to(shutil.which("java"))
+    for path, missing in ((str(tmp_path), "`java`"), (str(bare), "`mvn`")):
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "stack", "--broker", "kafka"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PATH": path, "HEADWATER_CACHE_DIR": str(tmp_path / "cache")},
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{missing} not found on PATH" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_failed_download_says_so_and_leaves_no_partial_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADWATER_CACHE_DIR", str(tmp_path))
+    with pytest.raises(StackError, match=r"Maven could not download Apache Kafka 0\.0\.404"):
+        kafka_jars("0.0.404")
+    assert not list((tmp_path / "kafka-0.0.404").glob("lib*"))
