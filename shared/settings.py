@@ -123,7 +123,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
     max_message_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest record Headwater accepts or writes."
+        1_000_000,
+        ge=1024,
+        description="Largest record Headwater accepts or writes; every topic it writes must "
+        "take this plus 16 KiB (max.message.bytes; Kafka's default, 1,048,588, does).",
     )
 
 

@@ -10,7 +10,7 @@ from services.features.engine import FeatureEngine
 from services.features.service import FeaturesService, features_metrics
 from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
-from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -28,6 +28,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     counts = require_topics(
         settings.kafka_bootstrap, [topics.events_valid, topics.features, topics.events_dlq]
     )
+    check_record_limits(settings.kafka_bootstrap, [topics.features], settings.max_message_bytes)
     if counts[topics.features] != counts[topics.events_valid]:
         raise FeaturesConfigError(
             f"topic {topics.features!r} has {counts[topics.features]} partitions and "

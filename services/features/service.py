@@ -175,10 +175,19 @@ class FeaturesService:
                 self.dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
             else:
                 value = encode(FeatureRecord(event, computed[0], computed[1], lineage))
-                entity = event.entity
-                produce(out_topic, value, entity.encode(), partition=partition)
-                latest[entity] = value
-                emitted += 1
+                if len(value) > max_bytes:  # the event and its features: more than the event
+                    self.dead_letter(
+                        lineage,
+                        msg,
+                        "too_large",
+                        f"features record of {len(value)} bytes exceeds the {max_bytes}-byte "
+                        "limit (HEADWATER_MAX_MESSAGE_BYTES)",
+                    )
+                else:
+                    entity = event.entity
+                    produce(out_topic, value, entity.encode(), partition=partition)
+                    latest[entity] = value
+                    emitted += 1
             owned.next_offset = offset + 1
             owned.since_checkpoint += 1
         self.emitted += emitted

@@ -8,7 +8,7 @@ from confluent_kafka import TopicPartition
 
 from services.ingest.service import IngestService, ingest_metrics
 from shared.checkpoint.store import CheckpointStore
-from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -29,6 +29,8 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
             "HEADWATER_TOPICS__EVENTS_VALID and HEADWATER_TOPICS__LABELS_VALID to other topics"
         )
     require_topics(settings.kafka_bootstrap, [*inputs, *outputs, topics.events_dlq])
+    # Valid records go out as they came (dead letters keep at most 64 KiB of the original).
+    check_record_limits(settings.kafka_bootstrap, outputs, settings.max_message_bytes)
     redis = RedisStore(settings.redis_url)
     redis.ping()
     key = settings.checkpoint_key.get_secret_value().encode()

@@ -1,6 +1,6 @@
 """Kafka adapters over confluent-kafka: safe producer, batched consumer, topic admin."""
 
-from shared.kafka.admin import TopicError, ensure_topics, require_topics
+from shared.kafka.admin import TopicError, check_record_limits, ensure_topics, require_topics
 from shared.kafka.consumer import BatchConsumer
 from shared.kafka.producer import DeliveryError, SafeProducer
 
@@ -9,6 +9,7 @@ __all__ = [
     "DeliveryError",
     "SafeProducer",
     "TopicError",
+    "check_record_limits",
     "ensure_topics",
     "require_topics",
 ]

@@ -1,13 +1,25 @@
-"""Explicit topic creation: Tansu would auto-create topics with 4 partitions otherwise."""
+"""Topic administration: explicit creation (never auto-created: a broker would pick the
+partition count), existence checks, and the record size a topic takes."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in __all__
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 from confluent_kafka.cimpl import NewTopic
+
+log = logging.getLogger(__name__)
+
+# What a record carries around its value on the wire: key, headers (lineage) and the record
+# batch's own fields. A topic must take a value of HEADWATER_MAX_MESSAGE_BYTES plus this.
+RECORD_OVERHEAD = 16_384
 
 
 class TopicError(RuntimeError):
@@ -70,3 +82,34 @@ def require_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> d
             "counts first (`headwater stack` does for local runs)"
         )
     return {n: len(meta[n].partitions) for n in names}
+
+
+def check_record_limits(
+    bootstrap: str, written: Sequence[str], max_bytes: int, timeout: float = 10.0
+) -> None:
+    """Refuse to start when a topic that carries input-sized records (ingest's and the
+    features service's outputs) takes smaller ones than HEADWATER_MAX_MESSAGE_BYTES lets
+    through: the broker would refuse such a record (Kafka
+    enforces the topic's `max.message.bytes`, 1,048,588 bytes by default), the service would
+    stop at it, and every restart would meet it again. A broker that does not describe its
+    topics' settings is not checked (logged)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in dict.fromkeys(written)]
+    try:
+        limits = {
+            resource.name: int(future.result(timeout)["max.message.bytes"].value)
+            for resource, future in admin.describe_configs(resources).items()
+        }
+    except (KafkaException, KeyError, ValueError, TypeError) as exc:
+        log.warning("topics' max.message.bytes not checked", extra={"fields": {"error": str(exc)}})
+        return
+    needed = max_bytes + RECORD_OVERHEAD
+    small = {name: limit for name, limit in limits.items() if limit < needed}
+    if small:
+        listed = ", ".join(f"{name!r} takes {limit:,}" for name, limit in sorted(small.items()))
+        raise TopicError(
+            f"topics take smaller records than this service may write: {listed} bytes "
+            f"(max.message.bytes), but HEADWATER_MAX_MESSAGE_BYTES={max_bytes:,} needs "
+            f"{needed:,}; raise the topics' max.message.bytes or lower "
+            "HEADWATER_MAX_MESSAGE_BYTES"
+        )
