@@ -43,6 +43,10 @@ TEST_FRIENDLY: dict[str, str] = {
     # The KIP-848 protocol's heartbeats (5 s by default) pace its rebalances.
     "group.consumer.heartbeat.interval.ms": "500",
     "group.consumer.min.heartbeat.interval.ms": "500",
+    # ... and a dead member of a KIP-848 group is noticed after 6 s (45 s by default), as
+    # with the services' classic session (HEADWATER_SESSION_TIMEOUT_MS).
+    "group.consumer.session.timeout.ms": "6000",
+    "group.consumer.min.session.timeout.ms": "1000",
     # Tests move a killed member's partitions sooner with a 2 s session (Kafka's floor is 6 s).
     "group.min.session.timeout.ms": "1000",
     "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),  # taken from the heap otherwise
