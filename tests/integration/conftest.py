@@ -37,14 +37,16 @@ def stack() -> Iterator[LocalStack]:
         yield s
 
 
-def _fresh_topics(stack: LocalStack, request: pytest.FixtureRequest, direct: bool) -> TopicNames:
+def _fresh_topics(
+    stack: LocalStack, request: pytest.FixtureRequest, direct: bool, partitions: int = 1
+) -> TopicNames:
     RedisStore(stack.redis_url).client.flushdb()
     prefix = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
     names = {f: f"{prefix}.{f}" for f in TopicNames.model_fields}
     if direct:  # no ingest in between: the learner and features read what producers write
         names["events_valid"], names["labels_valid"] = names["events"], names["labels"]
     topics = TopicNames(**names)
-    ensure_topics(stack.bootstrap, {n: 1 for n in topics.model_dump().values()})
+    ensure_topics(stack.bootstrap, dict.fromkeys(topics.model_dump().values(), partitions))
     return topics
 
 

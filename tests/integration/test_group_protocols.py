@@ -5,7 +5,6 @@ time and the session timeout is the broker's."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -16,10 +15,10 @@ from services.replay.datasets import dataset_events
 from services.replay.pacing import Pacer
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
-from shared.kafka import SafeProducer, ensure_topics
-from shared.settings import Settings, TopicNames
+from shared.kafka import SafeProducer
+from shared.settings import Settings
 
-from .conftest import BROKER, service_env
+from .conftest import BROKER, _fresh_topics, _settings, service_env
 from .helpers import assignments, dedupe_by_lineage, read_until, wait_until
 
 pytestmark = pytest.mark.skipif(BROKER != "kafka", reason="Tansu has only the classic protocol")
@@ -52,16 +51,8 @@ def test_services_and_the_standby_work_with_either_group_protocol(
     Mid-stream, one features instance and the active learner are SIGKILLed: the survivor
     takes the dead member's partition (through the protocol under test) and the standby
     takes over. Every event gets exactly one prediction; every label is learned once."""
-    redis.Redis.from_url(stack.redis_url).flushdb()
-    prefix = f"gp-{protocol}-{time.monotonic_ns()}"
-    topics = TopicNames(**{f: f"{prefix}.{f}" for f in TopicNames.model_fields})
-    ensure_topics(stack.bootstrap, dict.fromkeys(topics.model_dump().values(), PARTITIONS))
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        topics=topics,
-        consumer_group_prefix=prefix,
-    )
+    topics = _fresh_topics(stack, request, direct=False, partitions=PARTITIONS)
+    settings = _settings(stack, topics)
     env = {
         **service_env(settings),
         "HEADWATER_GROUP_PROTOCOL": protocol,
