@@ -31,6 +31,7 @@ demo: setup ## Run the local demo: embedded broker + Redis, Phishing replayed th
 	$(BIN)/headwater demo
 
 test: setup ## Run the whole test suite: unit + integration on Apache Kafka, then a Tansu smoke subset
+	@bash ops/install-test-tools.sh
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
