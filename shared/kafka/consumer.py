@@ -8,6 +8,7 @@ instead of losing it (at-least-once; exact effect comes from checkpoints, DESIGN
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,6 +99,13 @@ class BatchConsumer:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self.assignment: list[TopicPartition] = []
+        # A broker without KIP-848 (Kafka < 4, Tansu) never assigns anything to a consumer-
+        # protocol member, and librdkafka says so only in its debug log: a warning instead.
+        self._unassigned_since: float | None = (
+            time.monotonic()
+            if topics is not None and conf["group.protocol"] == "consumer"
+            else None
+        )
         if topics is not None:  # group-managed; otherwise the owner calls assign()
             self._consumer.subscribe(
                 list(topics), on_assign=self._assigned, on_revoke=self._revoked
@@ -120,6 +128,7 @@ class BatchConsumer:
         self._consumer.assign(self.assignment)
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._unassigned_since = None
         if self._incremental:
             self.assignment = [*self.assignment, *partitions]
         else:
@@ -155,6 +164,8 @@ class BatchConsumer:
             batch = consume(1, timeout)
             if batch and max_records > 1:
                 batch += consume(max_records - 1, 0)
+        if self._unassigned_since is not None:
+            self._warn_if_never_assigned()
         records = []
         for msg in batch:
             err = msg.error()
@@ -167,6 +178,17 @@ class BatchConsumer:
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"fields": {"error": err.str()}})
         return records
+
+    def _warn_if_never_assigned(self, after_s: float = 30.0) -> None:
+        assert self._unassigned_since is not None
+        if time.monotonic() - self._unassigned_since > after_s:
+            self._unassigned_since = None
+            log.warning(
+                "no partition assigned after %.0f s with HEADWATER_GROUP_PROTOCOL=consumer: "
+                "a broker without the KIP-848 protocol (Apache Kafka before 4.0, Tansu) never "
+                "assigns any; set HEADWATER_GROUP_PROTOCOL=classic there",
+                after_s,
+            )
 
     def cached_watermarks(self, topic: str, partition: int) -> tuple[int, int] | None:
         """(low, high) watermarks of an assigned partition as the client last saw them, with

@@ -450,7 +450,7 @@ def run_pipeline(stack, spec: Path, events: list[Event], churn: bool, logs: Path
 def test_scaled_out_services_killed_mid_stream_give_the_single_instance_outputs(stack, tmp_path):
     spec = tmp_path / "churn.yaml"
     spec.write_text(SEA_SPEC)
-    n = 8_000
+    n = 6_000
     events = sea_events(n)
     started = time.monotonic()
     single = run_pipeline(stack, spec, events, churn=False, logs=tmp_path / "single")
@@ -471,10 +471,13 @@ def test_scaled_out_services_killed_mid_stream_give_the_single_instance_outputs(
     assert len(churned["kills"]) == 3
     assert missing == 0
     assert churned["duplicates dropped"]["events.valid"] == 0  # ingest writes each once
-    for name in ("events.valid", "features", "predictions", "outcomes", "alerts", "dead letters"):
+    for name in ("events.valid", "features", "predictions", "outcomes", "dead letters"):
         assert churned[name] == single[name], f"{name} differ from the single-instance run"
     assert single["monitor outcomes"] == single["monitor feature records"] == n
-    assert churned["monitor outcomes"] == n
-    assert churned["monitor feature records"] == n, (
-        "the monitor applied re-emitted features records again (it drops nothing by lineage)"
+    # Each monitor input record applied once: fewer is a record skipped (lost), more a
+    # re-emitted features record applied again (the monitor drops nothing by its lineage).
+    assert (churned["monitor outcomes"], churned["monitor feature records"]) == (n, n), (
+        "the monitor did not apply each record once; per partition (next offset, outcomes, "
+        f"feature records): {churned['monitor partitions']}"
     )
+    assert churned["alerts"] == single["alerts"], "the alerts differ from the single run"
