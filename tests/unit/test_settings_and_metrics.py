@@ -3,6 +3,7 @@ from confluent_kafka import TopicPartition
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.kafka.consumer import group_settings
 from shared.kafka.lag import ConsumerLag
 from shared.metrics import CheckpointMetrics, ServiceMetrics, StreamMetrics
 from shared.settings import Settings, SettingsError, load_settings
@@ -28,6 +29,27 @@ def test_bad_configuration_names_the_variable(monkeypatch):
         info.value
     )
     assert "HEADWATER_LOG_FORMAT" in str(info.value)
+
+
+def test_the_group_protocol_is_classic_or_consumer(monkeypatch):
+    assert load_settings().group_protocol == "classic"
+    monkeypatch.setenv("HEADWATER_GROUP_PROTOCOL", "consumer")
+    assert load_settings().group_protocol == "consumer"
+    monkeypatch.setenv("HEADWATER_GROUP_PROTOCOL", "eager")
+    with pytest.raises(SettingsError, match="HEADWATER_GROUP_PROTOCOL"):
+        load_settings()
+
+
+def test_the_consumer_protocol_sends_no_client_session_settings():
+    """librdkafka refuses session.timeout.ms and heartbeat.interval.ms with it (KIP-848)."""
+    assert group_settings("consumer", 6000) == {"group.protocol": "consumer"}
+    assert group_settings("classic", 6000) == {
+        "group.protocol": "classic",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 2000,
+    }
+    with pytest.raises(ValueError, match="group protocol 'eager'"):
+        group_settings("eager", 6000)
 
 
 def test_metric_names_follow_prometheus_conventions():
