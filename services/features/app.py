@@ -50,6 +50,10 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         assert service is not None
         service.on_revoke(partitions)
 
+    def lost(partitions: list[TopicPartition]) -> None:
+        assert service is not None
+        service.on_lost(partitions)
+
     consumer = BatchConsumer(
         settings.kafka_bootstrap,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
@@ -58,6 +62,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         group_protocol=settings.group_protocol,
         on_assign=assigned,
         on_revoke=revoked,
+        on_lost=lost,
     )
     service = FeaturesService(
         spec.name,

@@ -46,6 +46,10 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         assert service is not None
         service.on_revoke(partitions)
 
+    def lost(partitions: list[TopicPartition]) -> None:
+        assert service is not None
+        service.on_lost(partitions)
+
     consumer = BatchConsumer(
         settings.kafka_bootstrap,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.ingest",
@@ -54,6 +58,7 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         group_protocol=settings.group_protocol,
         on_assign=assigned,
         on_revoke=revoked,
+        on_lost=lost,
     )
     service = IngestService(
         spec.name,

@@ -29,7 +29,7 @@ from services.ingest.fast_path import fast_event
 from services.ingest.normalize import normalise_event, normalise_label
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
-from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
 from shared.kafka.closing import close_all
 from shared.kafka.consumer import CONSUMER_TUNING
 from shared.kafka.lag import ConsumerLag
@@ -164,14 +164,23 @@ class IngestService:
         self.consumer.assign_exact(seeks)
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        if not self.closing:
-            self.checkpoint(
-                [
-                    (tp.topic, tp.partition)
-                    for tp in partitions
-                    if (tp.topic, tp.partition) in self.owned
-                ]
+        """Checkpoint, then let go. A checkpoint the broker cannot take now (it is coming
+        back from an outage) is skipped: the next owner restores the last one, and finds
+        what was written since (`written_since`)."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        try:
+            if not self.closing:
+                self.checkpoint([key for key in keys if key in self.owned])
+        except (KafkaException, DeliveryError) as exc:
+            log.warning(
+                "no checkpoint on revocation; the next owner resumes from the last one",
+                extra={"fields": {"error": str(exc)}},
             )
+        finally:
+            self.on_lost(partitions)
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        """Let go without a checkpoint: the group gave the partitions to another already."""
         for tp in partitions:
             self.owned.pop((tp.topic, tp.partition), None)
 
@@ -179,18 +188,29 @@ class IngestService:
         topics = self.settings.topics
         return [topics.labels_valid if kind == "label" else topics.events_valid, topics.events_dlq]
 
-    def output_ends(self, kind: str) -> dict[str, dict[int, int]]:
+    def output_ends(self, kind: str, patience_s: float = 60.0) -> dict[str, dict[int, int]]:
+        """Where each output partition ends. Asked on assignment too, which may come while
+        the broker is still coming back from an outage: refused answers are asked again
+        for up to `patience_s`."""
         if self._watermarks is None:  # one client for every checkpoint's query
             self._watermarks = self._reader()
         reader = self._watermarks
-        marks: dict[str, dict[int, int]] = {}
-        for topic in self.output_topics(kind):
-            meta = reader.list_topics(topic, timeout=10).topics[topic]
-            marks[topic] = {
-                p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.partitions
-            }
-        return marks
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                marks: dict[str, dict[int, int]] = {}
+                for topic in self.output_topics(kind):
+                    meta = reader.list_topics(topic, timeout=10).topics[topic]
+                    marks[topic] = {
+                        p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                        for p in meta.partitions
+                    }
+                return marks
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("output ends not known yet", extra={"fields": {"error": str(exc)}})
+                time.sleep(0.5)
 
     def written_since(self, tp: TopicPartition, state: PartitionState) -> set[int]:
         """Input offsets whose output a previous owner wrote after its last checkpoint."""

@@ -79,6 +79,9 @@ def build_monitor(
     async def flush() -> None:
         await app.producer.flush()
 
+    async def rewind(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
     service = MonitorService(
         spec,
         settings,
@@ -89,6 +92,7 @@ def build_monitor(
         AlertStore(redis.client, spec.name),
         send,
         flush,
+        rewind,
         metrics=MonitorMetrics.create(metrics),
     )
 
@@ -118,9 +122,11 @@ def build_monitor(
 
     # faust's signals call receivers with the app, the signal's argument and `signal=`.
     async def assigned(_app: Any, assigned: Any, **_: Any) -> None:
+        # Each partition from its checkpoint's offset: faust would go on from where its
+        # consumer was, past what it fetched before a rebalance and dropped on revoking.
         for tp in sorted(assigned):
             if tp.topic in inputs:
-                service.own(tp.topic, tp.partition)
+                await app.consumer.seek(tp, service.own(tp.topic, tp.partition).next_offset)
 
     async def revoked(_app: Any, revoked: Any, **_: Any) -> None:
         await service.release([(tp.topic, tp.partition) for tp in revoked], "revoked")

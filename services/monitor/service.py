@@ -40,6 +40,9 @@ SERVICE = "monitor"
 OUTCOMES, FEATURES, EVENTS = "outcomes", "features", "events"  # what an input topic holds
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value)
+Rewind = Callable[[str, int, int], Awaitable[None]]  # (topic, partition, offset): read again
+REWIND_EVERY_S = 1.0  # records already buffered past a gap arrive first: not a rewind each
+REWINDS_BEFORE_GAP = 5  # rewinds that find the same records missing: absent from the log
 Highwater = Callable[[str, int], int | None]  # a partition's high watermark, if known
 
 
@@ -58,7 +61,8 @@ class MonitorMetrics:
             StreamMetrics.create(
                 m,
                 "applied, skipped_replayed (applied before the last checkpoint), "
-                "dead_lettered, other_pipeline (an outcome of another pipeline)",
+                "dead_lettered, other_pipeline (an outcome of another pipeline), duplicate "
+                "(a features record re-emitted by a restarted features service)",
             ),
             m.counter(
                 "drift_alerts_total",
@@ -78,7 +82,12 @@ class Owned:
     epoch: int
     engine: DriftEngine
     next_offset: int
+    # Highest upstream offset applied per (topic, partition) of a features record's lineage:
+    # a record re-emitted by a restarted features service is dropped, not observed twice.
+    source_hwm: dict[tuple[str, int], int] = field(default_factory=dict)
     since_checkpoint: int = 0
+    rewinds: int = 0  # of the consumer back to next_offset, for the gap now open
+    rewound_at: float = float("-inf")
 
 
 @dataclass
@@ -90,6 +99,7 @@ class MonitorService:
     alerts: AlertStore
     send: Send  # produces a record; awaited, delivery confirmed by `flush`
     flush: Callable[[], Awaitable[None]]
+    rewind: Rewind | None = None  # moves the consumer of a partition back to an offset
     owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -105,7 +115,13 @@ class MonitorService:
         stream.checkpoint.unsaved = self._unsaved
         self._records = {
             outcome: stream.records.labels(outcome)
-            for outcome in ("applied", "skipped_replayed", "dead_lettered", "other_pipeline")
+            for outcome in (
+                "applied",
+                "skipped_replayed",
+                "dead_lettered",
+                "other_pipeline",
+                "duplicate",
+            )
         }
 
     def own(self, topic: str, partition: int) -> Owned:
@@ -116,11 +132,14 @@ class MonitorService:
         store = self.checkpoint_store(topic, partition)
         epoch = store.new_epoch()
         try:
-            info, (engine, next_offset) = store.load()
+            info, state = store.load()
+            engine, next_offset, *rest = state  # without the marks: written before them
+            source_hwm = rest[0] if rest else {}
             version: int | None = info.version
         except CheckpointNotFoundError:
-            engine, next_offset, version = self._fresh(), 0, None
-        owned = self.owned[(topic, partition)] = Owned(store, epoch, engine, next_offset)
+            engine, next_offset, source_hwm, version = self._fresh(), 0, {}, None
+        owned = Owned(store, epoch, engine, next_offset, source_hwm)
+        self.owned[(topic, partition)] = owned
         log.info(
             "partition owned",
             extra={
@@ -164,15 +183,22 @@ class MonitorService:
             self.counts["applied_already"] += 1
             self._records["skipped_replayed"].inc()
             return
+        if offset > owned.next_offset and await self._rewound(owned, topic, partition, offset):
+            return
+        owned.rewinds = 0
         lineage = Lineage(topic, partition, offset)
+        alerts: list[DriftAlert] = []
         try:
-            observed = self._observe(owned.engine, self.inputs[topic], raw, lineage)
+            observed = self._observe(owned, self.inputs[topic], raw, lineage)
         except (CodecError, MessageError) as exc:
             await self._dead_letter(lineage, raw, exc.reason, str(exc))
-            observed = []
         else:
-            self._records["applied" if observed is not None else "other_pipeline"].inc()
-        alerts = observed or []
+            if isinstance(observed, str):  # not observed, and why
+                self.counts[observed] += 1
+                self._records[observed].inc()
+            else:
+                alerts = observed
+                self._records["applied"].inc()
         for alert in alerts:
             await self.send(
                 self.settings.topics.drift_alerts, alert.pipeline.encode(), encode(alert.to_wire())
@@ -200,19 +226,62 @@ class MonitorService:
         owned.since_checkpoint += 1
         self.counts["records"] += 1
 
+    async def _rewound(self, owned: Owned, topic: str, partition: int, offset: int) -> bool:
+        """A record past the next one to apply: those between were never handed over (faust
+        drops what it had fetched when a rebalance revokes a partition it then gets back).
+        Moves the consumer back to them and skips this record, which comes again; only when
+        rewinds keep finding them missing are they taken as absent from the log."""
+        if owned.rewinds >= REWINDS_BEFORE_GAP or self.rewind is None:
+            log.warning(
+                "offsets absent from the log",
+                extra={
+                    "fields": {
+                        "topic": topic,
+                        "partition": partition,
+                        "from": owned.next_offset,
+                        "to": offset,
+                    }
+                },
+            )
+            return False
+        now = time.monotonic()
+        if now - owned.rewound_at >= REWIND_EVERY_S:
+            owned.rewinds += 1
+            owned.rewound_at = now
+            self.counts["rewinds"] += 1
+            log.warning(
+                "records not handed over; reading them again",
+                extra={
+                    "fields": {
+                        "topic": topic,
+                        "partition": partition,
+                        "from": owned.next_offset,
+                        "got": offset,
+                    }
+                },
+            )
+            await self.rewind(topic, partition, owned.next_offset)
+        return True
+
     def _observe(
-        self, engine: DriftEngine, kind: str, raw: bytes | None, lineage: Lineage
-    ) -> list[DriftAlert] | None:
-        """The record's alerts; None for an outcome of another pipeline (not observed)."""
+        self, owned: Owned, kind: str, raw: bytes | None, lineage: Lineage
+    ) -> list[DriftAlert] | str:
+        """The record's alerts, or why it is not observed: "other_pipeline" (an outcome of
+        another pipeline), "duplicate" (re-emitted by a restarted features service)."""
+        engine = owned.engine
         obj = decode(raw, self.settings.max_message_bytes)
         if kind == OUTCOMES:
             outcome = Outcome.from_wire(obj)
             if outcome.pipeline != self.spec.name:
-                self.counts["other_pipeline"] += 1
-                return None
+                return "other_pipeline"
             return engine.observe_outcome(outcome, lineage)
         if kind == FEATURES:
             record = FeatureRecord.from_wire(obj)
+            source = record.lineage
+            upstream = (source.topic, source.partition)
+            if source.offset <= owned.source_hwm.get(upstream, -1):
+                return "duplicate"
+            owned.source_hwm[upstream] = source.offset
             e = record.event
             return engine.observe_features(e.event_id, e.ts, record.features, lineage)
         event = Event.from_wire(obj)
@@ -266,7 +335,8 @@ class MonitorService:
                 continue
             meta = {"reason": reason, "next_offset": owned.next_offset, **owned.engine.counts}
             try:
-                owned.store.write(owned.epoch, (owned.engine, owned.next_offset), meta)
+                state = (owned.engine, owned.next_offset, owned.source_hwm)
+                owned.store.write(owned.epoch, state, meta)
             except StaleEpochError as exc:
                 raise MonitorFencedError(
                     f"{tp[0]}[{tp[1]}] was taken over by another monitor: {exc}"

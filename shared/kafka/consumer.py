@@ -68,6 +68,7 @@ class BatchConsumer:
         auto_offset_reset: str = "earliest",
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
         **config: Any,
     ) -> None:
         conf: dict[str, Any] = {
@@ -98,6 +99,7 @@ class BatchConsumer:
         )
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_lost = on_lost
         self.assignment: list[TopicPartition] = []
         # A broker without KIP-848 (Kafka < 4, Tansu) never assigns anything to a consumer-
         # protocol member, and librdkafka says so only in its debug log: a warning instead.
@@ -108,7 +110,10 @@ class BatchConsumer:
         )
         if topics is not None:  # group-managed; otherwise the owner calls assign()
             self._consumer.subscribe(
-                list(topics), on_assign=self._assigned, on_revoke=self._revoked
+                list(topics),
+                on_assign=self._assigned,
+                on_revoke=self._revoked,
+                on_lost=self._lost,
             )
 
     def assign_exact(self, partitions: list[TopicPartition]) -> None:
@@ -140,11 +145,28 @@ class BatchConsumer:
         if self._on_assign is not None:
             self._on_assign(partitions)
 
-    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self.assignment = [p for p in self.assignment if (p.topic, p.partition) not in gone]
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
         if self._on_revoke is not None:
             self._on_revoke(partitions)
+
+    def _lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without this member (its session expired, e.g. while the
+        broker was down): the partitions may be another's already, so the owner must not
+        checkpoint them (`on_lost`); without an `on_lost`, `on_revoke` is told."""
+        log.warning(
+            "partitions lost",
+            extra={"fields": {"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}},
+        )
+        if self._on_lost is None:
+            self._revoked(_consumer, partitions)
+            return
+        self._forget(partitions)
+        self._on_lost(partitions)
 
     def pause(self, partitions: list[tuple[str, int]]) -> None:
         self._consumer.pause([TopicPartition(t, p) for t, p in partitions])

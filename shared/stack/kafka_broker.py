@@ -218,8 +218,7 @@ class KafkaBroker:
             self._java_cmd(
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                _cluster_id(),
+                f"--cluster-id={_cluster_id()}",  # an id may begin with "-"
                 "-c",
                 str(config),
                 heap="256m",
