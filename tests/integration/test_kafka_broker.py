@@ -27,7 +27,7 @@ from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
 
 from .conftest import BROKER, ROOT, service_env
-from .helpers import assignments, end_offset, read_until
+from .helpers import assignments, dedupe_by_lineage, end_offset, read_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -116,19 +116,6 @@ def discard(name: str, proc, logs: Path | None) -> None:
     proc.cleanup()
 
 
-def dedupe(records: list[dict], key) -> tuple[dict, int]:
-    """Records by `key` (their lineage); a dropped duplicate must equal the first one."""
-    unique: dict = {}
-    for r in records:
-        assert unique.setdefault(key(r), r) == r, f"a re-emitted record differs: {r}"
-    return unique, len(records) - len(unique)
-
-
-def by_lineage(r: dict) -> tuple:
-    lineage = r["lineage"]
-    return r.get("model"), lineage["topic"], lineage["partition"], lineage["offset"]
-
-
 def read_all(settings: Settings, topic: str, done, what: str, partitions: int) -> list[dict]:
     return read_until(
         settings.kafka_bootstrap, topic, done, what, timeout=240, partitions=partitions, settle=2.0
@@ -144,11 +131,11 @@ def predictions_per_event(settings: Settings, n: int, partitions: int) -> tuple[
         f"a prediction for each of {n} events",
         partitions,
     )
-    unique, dropped = dedupe(records, by_lineage)
-    per_event = Counter((r["model"], r["event_id"]) for r in unique.values())
+    unique, dropped = dedupe_by_lineage(records)
+    per_event = Counter((r["model"], r["event_id"]) for r in unique)
     repeated = {k: c for k, c in per_event.items() if c > 1}
     assert not repeated, f"events predicted more than once after lineage dedupe: {repeated}"
-    return {(r["model"], r["event_id"]): r for r in unique.values()}, dropped
+    return {(r["model"], r["event_id"]): r for r in unique}, dropped
 
 
 def learner_status(settings: Settings, pipeline: str) -> dict[bytes, bytes]:
@@ -338,14 +325,12 @@ def outputs(settings: Settings, n: int) -> dict:
         return read_all(settings, topic, done, what, PARTITIONS)
 
     valid = read(topics.events_valid, lambda got: len(got) >= n, f"{n} valid events")
-    features, features_dropped = dedupe(
-        read(topics.features, lambda got: len({r["event"]["event_id"] for r in got}) >= n, "f"),
-        by_lineage,
+    features, features_dropped = dedupe_by_lineage(
+        read(topics.features, lambda got: len({r["event"]["event_id"] for r in got}) >= n, "f")
     )
     predictions, predictions_dropped = predictions_per_event(settings, n, PARTITIONS)
-    outcomes, outcomes_dropped = dedupe(
-        read(topics.outcomes, lambda got: len({r["event_id"] for r in got}) >= n, "outcomes"),
-        by_lineage,
+    outcomes, outcomes_dropped = dedupe_by_lineage(
+        read(topics.outcomes, lambda got: len({r["event_id"] for r in got}) >= n, "outcomes")
     )
     alerts = read(topics.drift_alerts, lambda got: True, "alerts")
     dead = read(topics.events_dlq, lambda got: True, "dead letters")
@@ -364,11 +349,11 @@ def outputs(settings: Settings, n: int) -> dict:
                 r["late_windows"],
                 (r["lineage"]["partition"], r["lineage"]["offset"]),
             )
-            for r in features.values()
+            for r in features
         },
         "predictions": {k: without_lineage(r) for k, r in predictions.items()},
         "outcomes": sorted(
-            (r["model"], r["event_id"], r["prediction"], r["label"]) for r in outcomes.values()
+            (r["model"], r["event_id"], r["prediction"], r["label"]) for r in outcomes
         ),
         "alerts": {a["alert_id"]: without_lineage(a) for a in alerts},
         "dead letters": sorted(

@@ -359,3 +359,71 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     redis_store = RedisStore(settings.redis_url)
     status = redis_store.get_hash(redis_store.key("drift", "learner", "status"))
     assert (status["drift_resets"], status["drift_trials"]) == ("1", "0"), status
+
+
+def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings, monkeypatch):
+    """A features record re-emitted by a restarted features service (same lineage, a later
+    offset) is not observed twice, across a checkpoint too. A record past the next one to
+    apply (faust dropped those between in a rebalance) makes the monitor move its consumer
+    back and skip it; offsets that rewinds keep finding missing are taken as absent."""
+    import asyncio
+
+    from services.monitor import service as monitor_service
+    from services.monitor.service import FEATURES, MonitorService
+    from shared.messages import FeatureRecord
+
+    client = RedisStore(settings.redis_url).client
+    rewinds: list[tuple[str, int, int]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+    async def flush() -> None:
+        return None
+
+    async def rewind(topic: str, partition: int, offset: int) -> None:
+        rewinds.append((topic, partition, offset))
+
+    def monitor() -> MonitorService:
+        return MonitorService(
+            parse_spec(SPEC),
+            settings,
+            {settings.topics.features: FEATURES},
+            lambda t, p: CheckpointStore(client, "drift", f"monitor-{t}-p{p}", b"k"),
+            AlertStore(client, "drift"),
+            send,
+            flush,
+            rewind,
+        )
+
+    def record(i: int) -> bytes:
+        event, _ = next(itertools.islice(stream(i + 1), i, None))
+        lineage = Lineage(settings.topics.events_valid, 0, i)
+        return encode(FeatureRecord(event, {"n": 1.0}, (), lineage).to_wire())
+
+    topic = settings.topics.features
+    # the features topic: 0..4, then 0..2 again (a restarted features service), then 5..6
+    log_ = [record(i) for i in (0, 1, 2, 3, 4, 0, 1, 2, 5, 6)]
+    monkeypatch.setattr(monitor_service, "REWIND_EVERY_S", 0.0)
+
+    async def scenario() -> tuple[MonitorService, MonitorService]:
+        first = monitor()
+        for offset in range(6):  # 0..4 and the first re-emitted record
+            await first.handle(topic, 0, offset, log_[offset])
+        await first.checkpoint([(topic, 0)], "cadence")
+        second = monitor()  # takes over from the checkpoint
+        await second.handle(topic, 0, 9, log_[9])  # 6..8 were never handed over
+        for offset in range(6, 10):  # read again from 6
+            await second.handle(topic, 0, offset, log_[offset])
+        for _ in range(monitor_service.REWINDS_BEFORE_GAP):
+            await second.handle(topic, 0, 12, record(7))  # 10, 11 are not in the log
+        await second.handle(topic, 0, 12, record(7))
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.counts["duplicate"] == 1
+    assert second.counts["duplicate"] == 2  # offsets 6 and 7: records 1 and 2 again
+    assert rewinds == [(topic, 0, 6)] + [(topic, 0, 10)] * monitor_service.REWINDS_BEFORE_GAP
+    owned = second.owned[(topic, 0)]
+    assert owned.next_offset == 13
+    assert owned.engine.counts["feature_records"] == 8  # records 0..7, each once
