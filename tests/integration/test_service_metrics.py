@@ -349,6 +349,7 @@ def test_monitor_serves_the_contract_on_its_port_and_counts_drift_alerts(setting
         "skipped_replayed": 0,  # every outcome exported from the start
         "dead_lettered": 1,
         "other_pipeline": 1,
+        "duplicate": 0,  # no features input here
     }
     assert out_by_topic(s, "monitor") == {topics.drift_alerts: len(expected), topics.events_dlq: 1}
     assert dead_by_reason(s, "monitor") == {"bad_msgpack": 1}
