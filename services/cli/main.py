@@ -314,6 +314,7 @@ def main() -> None:
     from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
     from shared.checkpoint.store import CheckpointLostError, CheckpointNotFoundError
     from shared.kafka import DeliveryError, TopicError
+    from shared.kafka.consumer import ConsumerConfigError
     from shared.redis_store import RedisUnavailableError
     from shared.settings import SettingsError
     from shared.spec import SpecError
@@ -327,6 +328,7 @@ def main() -> None:
         DemoError,
         DeliveryError,
         TopicError,
+        ConsumerConfigError,
         RedisUnavailableError,
         StackError,
         BinaryNotFoundError,

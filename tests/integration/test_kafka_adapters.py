@@ -1,7 +1,12 @@
+import time
+
 import pytest
 
 from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
+from shared.kafka.consumer import ConsumerConfigError
 from shared.stack.processes import free_port
+
+from .conftest import BROKER
 
 
 def test_producer_raises_delivery_errors_instead_of_dropping_records():
@@ -34,3 +39,27 @@ def test_offsets_are_stored_only_for_batches_marked_done(stack, topics):
             break
     second.close()
     assert [m.value() for m in again] == [str(i).encode() for i in range(4, 10)]
+
+
+@pytest.mark.skipif(BROKER != "kafka", reason="Tansu takes any session timeout")
+def test_a_session_timeout_the_broker_refuses_stops_the_consumer_with_its_name(stack, topics):
+    """librdkafka would retry the join for ever, which looks like a hang (the local Kafka
+    takes 1000 ms and more)."""
+    consumer = BatchConsumer(
+        stack.bootstrap,
+        "refused",
+        [topics.events],
+        session_timeout_ms=500,
+        **{"heartbeat.interval.ms": 100},
+    )
+
+    def poll_for(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            consumer.poll_batch(10, 0.2)
+
+    try:
+        with pytest.raises(ConsumerConfigError, match="HEADWATER_SESSION_TIMEOUT_MS"):
+            poll_for(20)
+    finally:
+        consumer.close()
