@@ -79,12 +79,14 @@ def build_monitor(
     async def flush() -> None:
         await app.producer.flush()
 
-    async def rewind(topic: str, partition: int, offset: int) -> None:
+    async def rewind(topic: str, partition: int, offset: int) -> bool:
         """In faust's consumer thread (its `seek` would touch the consumer from this one)."""
         try:
             await asyncio.wait_for(app.consumer.seek_wait({TP(topic, partition): offset}), 10)
         except Exception as exc:  # revoked meanwhile, or slow: the gap is met again
             log.warning("rewind failed", extra={"fields": {"error": repr(exc)}})
+            return False
+        return True
 
     service = MonitorService(
         spec,

@@ -40,9 +40,9 @@ SERVICE = "monitor"
 OUTCOMES, FEATURES, EVENTS = "outcomes", "features", "events"  # what an input topic holds
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value)
-Rewind = Callable[[str, int, int], Awaitable[None]]  # (topic, partition, offset): read again
-REWIND_EVERY_S = 1.0  # records already buffered past a gap arrive first: not a rewind each
-REWINDS_BEFORE_GAP = 5  # rewinds that find the same records missing: absent from the log
+# (topic, partition, offset): the consumer reads the partition again from there; False when
+# it could not (the partition was revoked meanwhile)
+Rewind = Callable[[str, int, int], Awaitable[bool]]
 Highwater = Callable[[str, int], int | None]  # a partition's high watermark, if known
 
 
@@ -86,8 +86,10 @@ class Owned:
     # a record re-emitted by a restarted features service is dropped, not observed twice.
     source_hwm: dict[tuple[str, int], int] = field(default_factory=dict)
     since_checkpoint: int = 0
-    rewinds: int = 0  # of the consumer back to next_offset, for the gap now open
-    rewound_at: float = float("-inf")
+    # After a rewind: the highest offset handed over since. Records buffered before the
+    # rewind still come first, in rising order; the first one below this starts the records
+    # read again.
+    rewound_past: int | None = None
 
 
 @dataclass
@@ -183,9 +185,8 @@ class MonitorService:
             self.counts["applied_already"] += 1
             self._records["skipped_replayed"].inc()
             return
-        if offset > owned.next_offset and await self._rewound(owned, topic, partition, offset):
+        if await self._skipped_for_rewind(owned, topic, partition, offset):
             return
-        owned.rewinds = 0
         lineage = Lineage(topic, partition, offset)
         alerts: list[DriftAlert] = []
         try:
@@ -226,41 +227,48 @@ class MonitorService:
         owned.since_checkpoint += 1
         self.counts["records"] += 1
 
-    async def _rewound(self, owned: Owned, topic: str, partition: int, offset: int) -> bool:
+    async def _skipped_for_rewind(
+        self, owned: Owned, topic: str, partition: int, offset: int
+    ) -> bool:
         """A record past the next one to apply: those between were never handed over (faust
         drops what it had fetched when a rebalance revokes a partition it then gets back).
-        Moves the consumer back to them and skips this record, which comes again; only when
-        rewinds keep finding them missing are they taken as absent from the log."""
-        if owned.rewinds >= REWINDS_BEFORE_GAP or self.rewind is None:
-            log.warning(
-                "offsets absent from the log",
-                extra={
-                    "fields": {
-                        "topic": topic,
-                        "partition": partition,
-                        "from": owned.next_offset,
-                        "to": offset,
-                    }
-                },
-            )
+        The consumer goes back to them, and what faust had buffered meanwhile is skipped
+        (it comes again) until the records read again begin, with the missing ones, or,
+        should those be absent from the log, with the next that exists."""
+        if owned.rewound_past is not None:
+            if offset > owned.rewound_past:  # still what was buffered before the rewind
+                owned.rewound_past = offset
+                return True
+            owned.rewound_past = None  # the records read again begin here
+            if offset > owned.next_offset:
+                log.warning(
+                    "offsets absent from the log",
+                    extra={
+                        "fields": {
+                            "topic": topic,
+                            "partition": partition,
+                            "from": owned.next_offset,
+                            "to": offset,
+                        }
+                    },
+                )
             return False
-        now = time.monotonic()
-        if now - owned.rewound_at >= REWIND_EVERY_S:
-            owned.rewinds += 1
-            owned.rewound_at = now
+        if offset == owned.next_offset or self.rewind is None:
+            return False
+        log.warning(
+            "records not handed over; reading them again",
+            extra={
+                "fields": {
+                    "topic": topic,
+                    "partition": partition,
+                    "from": owned.next_offset,
+                    "got": offset,
+                }
+            },
+        )
+        if await self.rewind(topic, partition, owned.next_offset):
+            owned.rewound_past = offset
             self.counts["rewinds"] += 1
-            log.warning(
-                "records not handed over; reading them again",
-                extra={
-                    "fields": {
-                        "topic": topic,
-                        "partition": partition,
-                        "from": owned.next_offset,
-                        "got": offset,
-                    }
-                },
-            )
-            await self.rewind(topic, partition, owned.next_offset)
         return True
 
     def _observe(

@@ -361,14 +361,14 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     assert (status["drift_resets"], status["drift_trials"]) == ("1", "0"), status
 
 
-def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings, monkeypatch):
+def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings):
     """A features record re-emitted by a restarted features service (same lineage, a later
     offset) is not observed twice, across a checkpoint too. A record past the next one to
     apply (faust dropped those between in a rebalance) makes the monitor move its consumer
-    back and skip it; offsets that rewinds keep finding missing are taken as absent."""
+    back; what faust still had buffered is skipped until the records read again begin, and
+    offsets the log does not have are then taken as absent."""
     import asyncio
 
-    from services.monitor import service as monitor_service
     from services.monitor.service import FEATURES, MonitorService
     from shared.messages import FeatureRecord
 
@@ -381,8 +381,9 @@ def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings, monke
     async def flush() -> None:
         return None
 
-    async def rewind(topic: str, partition: int, offset: int) -> None:
+    async def rewind(topic: str, partition: int, offset: int) -> bool:
         rewinds.append((topic, partition, offset))
+        return True
 
     def monitor() -> MonitorService:
         return MonitorService(
@@ -396,34 +397,36 @@ def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings, monke
             rewind,
         )
 
+    events = [event for event, _ in stream(9)]
+
     def record(i: int) -> bytes:
-        event, _ = next(itertools.islice(stream(i + 1), i, None))
         lineage = Lineage(settings.topics.events_valid, 0, i)
-        return encode(FeatureRecord(event, {"n": 1.0}, (), lineage).to_wire())
+        return encode(FeatureRecord(events[i], {"n": 1.0}, (), lineage).to_wire())
 
     topic = settings.topics.features
-    # the features topic: 0..4, then 0..2 again (a restarted features service), then 5..6
-    log_ = [record(i) for i in (0, 1, 2, 3, 4, 0, 1, 2, 5, 6)]
-    monkeypatch.setattr(monitor_service, "REWIND_EVERY_S", 0.0)
+    # offset -> record: 0..4, then 0..2 again (a restarted features service), 5, 6; the log
+    # has no offsets 10 and 11 (as after transaction markers), then 7 and 8 at 12 and 13.
+    at = dict(enumerate([0, 1, 2, 3, 4, 0, 1, 2, 5, 6])) | {12: 7, 13: 8}
+
+    async def handle(m: MonitorService, *offsets: int) -> None:
+        for offset in offsets:
+            await m.handle(topic, 0, offset, record(at[offset]))
 
     async def scenario() -> tuple[MonitorService, MonitorService]:
         first = monitor()
-        for offset in range(6):  # 0..4 and the first re-emitted record
-            await first.handle(topic, 0, offset, log_[offset])
+        await handle(first, 0, 1, 2, 3, 4, 5)  # 0..4 and the first re-emitted record
         await first.checkpoint([(topic, 0)], "cadence")
-        second = monitor()  # takes over from the checkpoint
-        await second.handle(topic, 0, 9, log_[9])  # 6..8 were never handed over
-        for offset in range(6, 10):  # read again from 6
-            await second.handle(topic, 0, offset, log_[offset])
-        for _ in range(monitor_service.REWINDS_BEFORE_GAP):
-            await second.handle(topic, 0, 12, record(7))  # 10, 11 are not in the log
-        await second.handle(topic, 0, 12, record(7))
+        second = monitor()  # takes over from the checkpoint: next offset 6
+        await handle(second, 9)  # 6..8 were never handed over: rewind to 6, skip 9
+        await handle(second, 6, 7, 8, 9)  # read again
+        await handle(second, 12, 13)  # 10 missing: rewind to 10, skip 12 and 13 (buffered)
+        await handle(second, 12, 13)  # read again: it begins at 12, 10 and 11 are absent
         return first, second
 
     first, second = asyncio.run(scenario())
     assert first.counts["duplicate"] == 1
     assert second.counts["duplicate"] == 2  # offsets 6 and 7: records 1 and 2 again
-    assert rewinds == [(topic, 0, 6)] + [(topic, 0, 10)] * monitor_service.REWINDS_BEFORE_GAP
+    assert rewinds == [(topic, 0, 6), (topic, 0, 10)]
     owned = second.owned[(topic, 0)]
-    assert owned.next_offset == 13
-    assert owned.engine.counts["feature_records"] == 8  # records 0..7, each once
+    assert owned.next_offset == 14
+    assert owned.engine.counts["feature_records"] == 9  # records 0..8, each once
