@@ -17,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from services.features.engine import FeatureEngine, PartitionState
 from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
-from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
+from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
+from shared.kafka.consumer import checkpoint_on_revoke
 from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
 from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
@@ -104,21 +105,11 @@ class FeaturesService:
         self.consumer.assign_exact(seeks)
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Checkpoint, then let go. A checkpoint the broker cannot take now (it is coming
-        back from an outage) is skipped: the next owner restores the last one and emits
-        again what followed it, which the learner drops by lineage."""
-        try:
-            if not self.closing:
-                self.checkpoint(
-                    [tp.partition for tp in partitions if tp.partition in self.owned], "revoke"
-                )
-        except (KafkaException, DeliveryError) as exc:
-            log.warning(
-                "no checkpoint on revocation; the next owner resumes from the last one",
-                extra={"fields": {"error": str(exc)}},
-            )
-        finally:
-            self.on_lost(partitions)
+        """Checkpoint (unless the broker cannot take it now), then let go."""
+        if not self.closing:
+            mine = [tp.partition for tp in partitions if tp.partition in self.owned]
+            checkpoint_on_revoke(lambda: self.checkpoint(mine, "revoke"))
+        self.on_lost(partitions)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Let go without a checkpoint: the group gave the partitions to another already."""

@@ -29,9 +29,9 @@ from services.ingest.fast_path import fast_event
 from services.ingest.normalize import normalise_event, normalise_label
 from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
 from shared.codec import CodecError, decode, encode
-from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
+from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
-from shared.kafka.consumer import CONSUMER_TUNING
+from shared.kafka.consumer import CONSUMER_TUNING, checkpoint_on_revoke
 from shared.kafka.lag import ConsumerLag
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics, StreamMetrics
@@ -164,20 +164,12 @@ class IngestService:
         self.consumer.assign_exact(seeks)
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Checkpoint, then let go. A checkpoint the broker cannot take now (it is coming
-        back from an outage) is skipped: the next owner restores the last one, and finds
-        what was written since (`written_since`)."""
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        try:
-            if not self.closing:
-                self.checkpoint([key for key in keys if key in self.owned])
-        except (KafkaException, DeliveryError) as exc:
-            log.warning(
-                "no checkpoint on revocation; the next owner resumes from the last one",
-                extra={"fields": {"error": str(exc)}},
-            )
-        finally:
-            self.on_lost(partitions)
+        """Checkpoint (unless the broker cannot take it now: the next owner then finds what
+        was written since the last one, `written_since`), then let go."""
+        if not self.closing:
+            mine = [(tp.topic, tp.partition) for tp in partitions]
+            checkpoint_on_revoke(lambda: self.checkpoint([k for k in mine if k in self.owned]))
+        self.on_lost(partitions)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Let go without a checkpoint: the group gave the partitions to another already."""

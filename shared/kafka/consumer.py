@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from shared.kafka.position import position
+from shared.kafka.producer import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ def group_settings(protocol: str, session_timeout_ms: int) -> dict[str, Any]:
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
     }
+
+
+def checkpoint_on_revoke(checkpoint: Callable[[], None]) -> None:
+    """A revocation's checkpoint, skipped when the broker cannot take it now (it is coming
+    back from an outage): the next owner restores the last one, and what followed it is
+    emitted again and dropped downstream by lineage."""
+    try:
+        checkpoint()
+    except (KafkaException, DeliveryError) as exc:
+        log.warning(
+            "no checkpoint on revocation; the next owner resumes from the last one",
+            extra={"fields": {"error": str(exc)}},
+        )
 
 
 class BatchConsumer:

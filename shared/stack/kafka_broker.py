@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from shared.kafka.admin import wait_for_broker
-from shared.stack.processes import ManagedProcess, StackError, free_port, wait_for_port
+from shared.stack.processes import (
+    BrokerProcess,
+    ManagedProcess,
+    StackError,
+    free_port,
+    wait_for_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class KafkaBroker:
+class KafkaBroker(BrokerProcess):
     """A single-node KRaft broker; `start()`, `kill()`, `restart()`, `stop()`."""
 
     def __init__(
@@ -248,9 +254,6 @@ class KafkaBroker:
             )
         wait_for_broker(self.bootstrap, timeout)
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
     def kill(self) -> None:
         """SIGKILL, as a crash: the data directory stays for `restart()`."""
         if self.process is not None:
@@ -258,18 +261,10 @@ class KafkaBroker:
 
     def restart(self, timeout: float = 60.0) -> None:
         """Start again on the same data directory and ports (after `kill()` or `stop()`)."""
-        if self.process is not None:
-            self.process.stop()
-            self.process.cleanup()
+        self._stop_process()
         self._launch(timeout)
-
-    def log_tail(self, lines: int = 20) -> str:
-        return self.process.log_tail(lines) if self.process is not None else ""
 
     def stop(self) -> None:
         """SIGTERM (a controlled shutdown), SIGKILL after 10 s; the data is removed."""
-        if self.process is not None:
-            self.process.stop()
-            self.process.cleanup()
-            self.process = None
+        self._stop_process()
         shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -96,3 +96,22 @@ class ManagedProcess:
 
     def cleanup(self) -> None:
         self.log_path.unlink(missing_ok=True)
+
+
+class BrokerProcess:
+    """What the local stack asks of a broker, whichever it is: its process, alive or not,
+    the end of its log, and a stop that leaves nothing running."""
+
+    process: ManagedProcess | None = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self.process.log_tail(lines) if self.process is not None else ""
+
+    def _stop_process(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process.cleanup()
+            self.process = None

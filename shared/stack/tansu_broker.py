@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from shared.kafka.admin import wait_for_broker
 from shared.stack.binaries import tansu_binary
-from shared.stack.processes import ManagedProcess, StackError, free_port, wait_for_port
+from shared.stack.processes import (
+    BrokerProcess,
+    ManagedProcess,
+    StackError,
+    free_port,
+    wait_for_port,
+)
 
 
-class TansuBroker:
+class TansuBroker(BrokerProcess):
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.process: ManagedProcess | None = None
@@ -37,14 +43,5 @@ class TansuBroker:
         wait_for_broker(self.bootstrap, timeout)
         return self
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def log_tail(self, lines: int = 20) -> str:
-        return self.process.log_tail(lines) if self.process is not None else ""
-
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process.cleanup()
-            self.process = None
+        self._stop_process()
