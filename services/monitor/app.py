@@ -22,6 +22,7 @@ from services.monitor.alert_store import AlertStore
 from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorMetrics, MonitorService
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
+from shared.kafka.probe import OffsetProbe
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -79,14 +80,17 @@ def build_monitor(
     async def flush() -> None:
         await app.producer.flush()
 
-    async def rewind(topic: str, partition: int, offset: int) -> bool:
+    async def rewind(topic: str, partition: int, offset: int) -> None:
         """In faust's consumer thread (its `seek` would touch the consumer from this one)."""
         try:
             await asyncio.wait_for(app.consumer.seek_wait({TP(topic, partition): offset}), 10)
         except Exception as exc:  # revoked meanwhile, or slow: the gap is met again
             log.warning("rewind failed", extra={"fields": {"error": repr(exc)}})
-            return False
-        return True
+
+    probe = OffsetProbe(settings.kafka_bootstrap)
+
+    async def first_offset(topic: str, partition: int, offset: int) -> int | None:
+        return await asyncio.to_thread(probe.first_offset, topic, partition, offset)
 
     service = MonitorService(
         spec,
@@ -99,6 +103,7 @@ def build_monitor(
         send,
         flush,
         rewind,
+        first_offset,
         metrics=MonitorMetrics.create(metrics),
     )
 
@@ -137,6 +142,7 @@ def build_monitor(
 
     async def shutting_down(_app: Any, **_: Any) -> None:
         await service.release(list(service.owned), "shutdown")
+        probe.close()
 
     app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
     app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]

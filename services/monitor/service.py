@@ -40,9 +40,12 @@ SERVICE = "monitor"
 OUTCOMES, FEATURES, EVENTS = "outcomes", "features", "events"  # what an input topic holds
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value)
-# (topic, partition, offset): the consumer reads the partition again from there; False when
-# it could not (the partition was revoked meanwhile)
-Rewind = Callable[[str, int, int], Awaitable[bool]]
+# (topic, partition, offset): the consumer reads the partition again from there
+Rewind = Callable[[str, int, int], Awaitable[None]]
+# (topic, partition, offset): the first offset at or after it that the log holds, asked of
+# the broker; None when it does not answer
+FirstOffset = Callable[[str, int, int], Awaitable[int | None]]
+REWIND_EVERY_S = 2.0  # what faust buffered before a rewind still comes first: skipped
 Highwater = Callable[[str, int], int | None]  # a partition's high watermark, if known
 
 
@@ -86,10 +89,7 @@ class Owned:
     # a record re-emitted by a restarted features service is dropped, not observed twice.
     source_hwm: dict[tuple[str, int], int] = field(default_factory=dict)
     since_checkpoint: int = 0
-    # After a rewind: the highest offset handed over since. Records buffered before the
-    # rewind still come first, in rising order; the first one below this starts the records
-    # read again.
-    rewound_past: int | None = None
+    rewound_at: float = float("-inf")  # the last rewind to next_offset
 
 
 @dataclass
@@ -102,6 +102,7 @@ class MonitorService:
     send: Send  # produces a record; awaited, delivery confirmed by `flush`
     flush: Callable[[], Awaitable[None]]
     rewind: Rewind | None = None  # moves the consumer of a partition back to an offset
+    first_offset: FirstOffset | None = None
     owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -187,6 +188,7 @@ class MonitorService:
             return
         if await self._skipped_for_rewind(owned, topic, partition, offset):
             return
+        owned.rewound_at = float("-inf")
         lineage = Lineage(topic, partition, offset)
         alerts: list[DriftAlert] = []
         try:
@@ -232,43 +234,27 @@ class MonitorService:
     ) -> bool:
         """A record past the next one to apply: those between were never handed over (faust
         drops what it had fetched when a rebalance revokes a partition it then gets back).
-        The consumer goes back to them, and what faust had buffered meanwhile is skipped
-        (it comes again) until the records read again begin, with the missing ones, or,
-        should those be absent from the log, with the next that exists."""
-        if owned.rewound_past is not None:
-            if offset > owned.rewound_past:  # still what was buffered before the rewind
-                owned.rewound_past = offset
-                return True
-            owned.rewound_past = None  # the records read again begin here
-            if offset > owned.next_offset:
-                log.warning(
-                    "offsets absent from the log",
-                    extra={
-                        "fields": {
-                            "topic": topic,
-                            "partition": partition,
-                            "from": owned.next_offset,
-                            "to": offset,
-                        }
-                    },
-                )
+        Unless the broker says the log holds none of them, the consumer goes back to them
+        and the record is skipped (it comes again), as is what faust had buffered before
+        the rewind, for REWIND_EVERY_S; then a rewind again, if they have not come yet."""
+        if offset <= owned.next_offset or self.rewind is None:
             return False
-        if offset == owned.next_offset or self.rewind is None:
-            return False
-        log.warning(
-            "records not handed over; reading them again",
-            extra={
-                "fields": {
-                    "topic": topic,
-                    "partition": partition,
-                    "from": owned.next_offset,
-                    "got": offset,
-                }
-            },
+        now = time.monotonic()
+        if now - owned.rewound_at < REWIND_EVERY_S:
+            return True
+        fields = {"topic": topic, "partition": partition, "from": owned.next_offset, "got": offset}
+        first = (
+            None
+            if self.first_offset is None
+            else await self.first_offset(topic, partition, owned.next_offset)
         )
-        if await self.rewind(topic, partition, owned.next_offset):
-            owned.rewound_past = offset
-            self.counts["rewinds"] += 1
+        if first is not None and first >= offset:
+            log.warning("offsets absent from the log", extra={"fields": fields})
+            return False
+        log.warning("records not handed over; reading them again", extra={"fields": fields})
+        owned.rewound_at = now
+        self.counts["rewinds"] += 1
+        await self.rewind(topic, partition, owned.next_offset)
         return True
 
     def _observe(

@@ -4,6 +4,7 @@ import pytest
 
 from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
 from shared.kafka.consumer import ConsumerConfigError
+from shared.kafka.probe import OffsetProbe
 from shared.stack.processes import free_port
 
 from .conftest import BROKER
@@ -63,3 +64,16 @@ def test_a_session_timeout_the_broker_refuses_stops_the_consumer_with_its_name(s
             poll_for(20)
     finally:
         consumer.close()
+
+
+def test_the_offset_probe_finds_the_first_record_at_or_after_an_offset(stack, topics):
+    producer = SafeProducer(stack.bootstrap)
+    for i in range(3):
+        producer.produce(topics.events, str(i).encode(), b"k")
+    producer.close()
+    probe = OffsetProbe(stack.bootstrap)
+    try:
+        assert probe.first_offset(topics.events, 0, 1) == 1
+        assert probe.first_offset(topics.events, 0, 3) == 3  # none there: the end offset
+    finally:
+        probe.close()
