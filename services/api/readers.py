@@ -19,7 +19,9 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.monitor.alert_store import AlertStore
+from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
+from shared.kafka.connection import KafkaConnection
 from shared.redis_store import RedisStore
 
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
@@ -66,7 +68,7 @@ class Watermarks:
     """High watermarks from Kafka, for consumer lag; None when the broker does not answer
     in time (the API still answers, with the lag unknown)."""
 
-    bootstrap: str
+    kafka: KafkaConnection | str
     timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
@@ -78,12 +80,13 @@ class Watermarks:
             try:
                 if self._consumer is None:
                     self._consumer = Consumer(
-                        {
-                            "bootstrap.servers": self.bootstrap,
-                            "group.id": "headwater-api-watermarks",  # never joins: no subscribe
-                            "enable.auto.commit": False,
-                            "socket.timeout.ms": int(self.timeout_s * 1000),
-                        }
+                        KafkaConnection.of(self.kafka).config(
+                            {
+                                "group.id": "headwater-api-watermarks",  # never joins
+                                "enable.auto.commit": False,
+                                "socket.timeout.ms": int(self.timeout_s * 1000),
+                            }
+                        )
                     )
                 _, high = self._consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=self.timeout_s
@@ -102,7 +105,7 @@ class Watermarks:
 class StateReader:
     """Reads of one Redis holding any number of pipelines' state."""
 
-    def __init__(self, client: redis.Redis, checkpoint_key: bytes, keep: int) -> None:
+    def __init__(self, client: redis.Redis, checkpoint_key: CheckpointKeys, keep: int) -> None:
         self.client = client
         self._key = checkpoint_key
         self._keep = keep

@@ -25,7 +25,7 @@ from shared.codec import decode, encode
 from shared.kafka import SafeProducer, ensure_topics
 from shared.kafka.consumer import CONSUMER_TUNING
 from shared.messages import Event
-from shared.settings import Settings, TopicNames
+from shared.settings import TopicNames
 from shared.spec import parse_spec
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
@@ -82,9 +82,7 @@ def engine_rate(events: list[Event]) -> float:
 
 
 def service_rate(stack: LocalStack, n: int, timeout: float = 600) -> float:
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
-    )
+    settings = stack.settings(log_format="text")
     service = build_features(settings, parse_spec(SPEC))
     return timed_rate(service.run, lambda: service.emitted, service.producer, n, timeout)
 

@@ -21,7 +21,7 @@ from services.ingest.app import build_ingest
 from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.kafka.consumer import CONSUMER_TUNING
-from shared.settings import Settings, TopicNames
+from shared.settings import TopicNames
 from shared.spec import parse_spec
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
@@ -105,9 +105,7 @@ def raw_rate(bootstrap: str, topic: str, n: int) -> float:
 
 
 def service_rate(stack: LocalStack, topics: TopicNames, n: int, timeout: float = 600) -> float:
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
-    )
+    settings = stack.settings(log_format="text")
     service = build_ingest(settings, parse_spec(SPEC, "bench"))
 
     def processed() -> int:

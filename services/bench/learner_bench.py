@@ -29,7 +29,7 @@ from shared.kafka import SafeProducer
 from shared.messages import Event
 from shared.models.river_factory import build_estimator
 from shared.models.vw_model import features_text, vw_args
-from shared.settings import Settings, TopicNames
+from shared.settings import TopicNames
 from shared.spec import PipelineSpec, parse_spec
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
@@ -127,9 +127,7 @@ def service_rate(
         producer.close()
         del producer
         say(f"  {len(events)} events loaded; running the learner service")
-        settings = Settings(
-            kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
-        )
+        settings = stack.settings(log_format="text")
         service = build_learner(settings, spec)
         events_seen = functools.partial(operator.attrgetter("events_seen"), service)
         broker = stack.broker.process.pid if stack.broker.process is not None else None

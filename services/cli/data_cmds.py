@@ -100,6 +100,7 @@ def replay(
     from services.replay.pacing import Pacer, parse_speed
     from services.replay.replayer import replay_file
     from shared.kafka import SafeProducer, require_topics
+    from shared.kafka.connection import KafkaConnection
     from shared.settings import load_settings
 
     try:
@@ -107,8 +108,10 @@ def replay(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--speed") from None
     settings = load_settings()
-    require_topics(settings.kafka_bootstrap, [settings.topics.events, settings.topics.labels])
-    producer = SafeProducer(settings.kafka_bootstrap)
+    kafka = KafkaConnection.from_settings(settings)
+    written = [settings.topics.events, settings.topics.labels]
+    require_topics(kafka, written, written=written)
+    producer = SafeProducer(kafka)
     with _progress() as progress:
         task = progress.add_task(f"replay {file.name}", total=None)
         result = replay_file(
@@ -137,13 +140,14 @@ def record(
 ) -> None:
     """Write a topic, from its beginning, back to a recorded stream."""
     from services.replay.recorder import record_topic
+    from shared.kafka.connection import KafkaConnection
     from shared.settings import load_settings
 
     settings = load_settings()
     with _progress() as progress:
         task = progress.add_task(f"record {topic}", total=limit)
         result = record_topic(
-            settings.kafka_bootstrap,
+            KafkaConnection.from_settings(settings),
             topic,
             file,
             limit=limit,

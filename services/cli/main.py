@@ -314,6 +314,7 @@ def main() -> None:
     from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
     from shared.checkpoint.store import CheckpointLostError, CheckpointNotFoundError
     from shared.kafka import DeliveryError, TopicError
+    from shared.kafka.connection import KafkaSettingsError
     from shared.kafka.consumer import ConsumerConfigError
     from shared.redis_store import RedisUnavailableError
     from shared.settings import SettingsError
@@ -329,6 +330,7 @@ def main() -> None:
         DeliveryError,
         TopicError,
         ConsumerConfigError,
+        KafkaSettingsError,
         RedisUnavailableError,
         StackError,
         BinaryNotFoundError,

@@ -21,10 +21,10 @@ def _store(pipeline: str) -> CheckpointStore:
     from shared.settings import load_settings
 
     settings = load_settings()
-    redis = RedisStore(settings.redis_url)
+    keys = settings.checkpoint_keys()
+    redis = RedisStore.from_settings(settings)
     redis.ping()
-    key = settings.checkpoint_key.get_secret_value().encode()
-    return CheckpointStore(redis.client, pipeline, "learner", key, keep=settings.checkpoints_kept)
+    return CheckpointStore(redis.client, pipeline, "learner", keys, keep=settings.checkpoints_kept)
 
 
 @models_app.command("list")

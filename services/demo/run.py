@@ -18,6 +18,7 @@ from services.replay.recorded import read_events, write_events
 from services.replay.replayer import replay_file
 from shared.codec import decode
 from shared.kafka import SafeProducer
+from shared.kafka.connection import KafkaConnection
 from shared.messages import Prediction
 from shared.models.river_factory import build_metric, default_metric
 from shared.redis_store import RedisStore
@@ -71,7 +72,7 @@ def resolve_dataset(dataset: str, workdir: Path) -> tuple[str, Path]:
 
 
 def collect_predictions(
-    bootstrap: str,
+    where: KafkaConnection | str,
     topic: str,
     partitions: int,
     expected: int,
@@ -81,7 +82,9 @@ def collect_predictions(
 ) -> list[Prediction]:
     """Read the predictions topic until every model has `expected` distinct predictions."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "headwater.demo", "enable.auto.commit": False}
+        KafkaConnection.of(where).config(
+            {"group.id": "headwater.demo", "enable.auto.commit": False}
+        )
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out: list[Prediction] = []

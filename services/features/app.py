@@ -11,6 +11,7 @@ from services.features.service import FeaturesService, features_metrics
 from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
+from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -25,19 +26,19 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     if spec.features is None:
         raise FeaturesConfigError(f"pipeline {spec.name!r} declares no `features:` section")
     topics = settings.topics
-    counts = require_topics(
-        settings.kafka_bootstrap, [topics.events_valid, topics.features, topics.events_dlq]
-    )
-    check_record_limits(settings.kafka_bootstrap, [topics.features], settings.max_message_bytes)
+    keys = settings.checkpoint_keys()
+    kafka = KafkaConnection.from_settings(settings)
+    outputs = [topics.features, topics.events_dlq]
+    counts = require_topics(kafka, [topics.events_valid, *outputs], written=outputs)
+    check_record_limits(kafka, [topics.features], settings.max_message_bytes)
     if counts[topics.features] != counts[topics.events_valid]:
         raise FeaturesConfigError(
             f"topic {topics.features!r} has {counts[topics.features]} partitions and "
             f"{topics.events_valid!r} {counts[topics.events_valid]}: features are written to "
             "the input's partition number, so both need the same count"
         )
-    redis = RedisStore(settings.redis_url)
+    redis = RedisStore.from_settings(settings)
     redis.ping()
-    key = settings.checkpoint_key.get_secret_value().encode()
     metrics = ServiceMetrics("features")
     metrics.serve(settings.metrics_port)
     service: FeaturesService | None = None
@@ -55,7 +56,7 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         service.on_lost(partitions)
 
     consumer = BatchConsumer(
-        settings.kafka_bootstrap,
+        kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
         topics=[topics.events_valid],
         session_timeout_ms=settings.session_timeout_ms,
@@ -68,10 +69,10 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         spec.name,
         FeatureEngine(spec.features),
         consumer,
-        SafeProducer(settings.kafka_bootstrap),
+        SafeProducer(kafka),
         FeatureStore(redis.client, spec.name, spec.features.entity_ttl),
         lambda p: CheckpointStore(
-            redis.client, spec.name, f"features-p{p}", key, keep=settings.checkpoints_kept
+            redis.client, spec.name, f"features-p{p}", keys, keep=settings.checkpoints_kept
         ),
         settings,
         metrics=features_metrics(metrics),

@@ -9,6 +9,7 @@ from confluent_kafka import TopicPartition
 from services.ingest.service import IngestService, ingest_metrics
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
+from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -28,12 +29,14 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
             f"topic {loops[0]!r} is both an input and an output of ingest: set "
             "HEADWATER_TOPICS__EVENTS_VALID and HEADWATER_TOPICS__LABELS_VALID to other topics"
         )
-    require_topics(settings.kafka_bootstrap, [*inputs, *outputs, topics.events_dlq])
+    keys = settings.checkpoint_keys()
+    kafka = KafkaConnection.from_settings(settings)
+    written = [*outputs, topics.events_dlq]
+    require_topics(kafka, [*inputs, *written], written=written)
     # Valid records go out as they came (dead letters keep at most 64 KiB of the original).
-    check_record_limits(settings.kafka_bootstrap, outputs, settings.max_message_bytes)
-    redis = RedisStore(settings.redis_url)
+    check_record_limits(kafka, outputs, settings.max_message_bytes)
+    redis = RedisStore.from_settings(settings)
     redis.ping()
-    key = settings.checkpoint_key.get_secret_value().encode()
     metrics = ServiceMetrics("ingest")
     metrics.serve(settings.metrics_port)
     service: IngestService | None = None
@@ -51,7 +54,7 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         service.on_lost(partitions)
 
     consumer = BatchConsumer(
-        settings.kafka_bootstrap,
+        kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.ingest",
         topics=inputs,
         session_timeout_ms=settings.session_timeout_ms,
@@ -64,12 +67,13 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         spec.name,
         spec.ingest,
         consumer,
-        SafeProducer(settings.kafka_bootstrap),
+        SafeProducer(kafka),
         redis.client,
         lambda kind, p: CheckpointStore(
-            redis.client, spec.name, f"ingest-{kind}s-p{p}", key, keep=settings.checkpoints_kept
+            redis.client, spec.name, f"ingest-{kind}s-p{p}", keys, keep=settings.checkpoints_kept
         ),
         settings,
+        kafka,
         ingest_metrics(metrics),
     )
     return service

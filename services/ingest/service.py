@@ -31,6 +31,7 @@ from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, St
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
+from shared.kafka.connection import KafkaConnection
 from shared.kafka.consumer import CONSUMER_TUNING, checkpoint_on_revoke
 from shared.kafka.lag import ConsumerLag
 from shared.messages import DeadLetter, Event, Label, MessageError
@@ -109,6 +110,7 @@ class IngestService:
     redis_client: redis.Redis
     checkpoint_store: Callable[[str, int], CheckpointStore]
     settings: Settings
+    kafka: KafkaConnection
     metrics: StreamMetrics
     owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -237,12 +239,14 @@ class IngestService:
 
     def _reader(self) -> Consumer:
         return Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"{self.settings.consumer_group_prefix}.recovery.{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                **CONSUMER_TUNING,
-            }
+            self.kafka.config(
+                {
+                    "group.id": f"{self.settings.consumer_group_prefix}.recovery."
+                    f"{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    **CONSUMER_TUNING,
+                }
+            )
         )
 
     # -- the loop --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from services.learner.worker import start_worker
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
+from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
 from shared.ordering import OrderedMerge
 from shared.redis_store import RedisStore
@@ -24,11 +25,11 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     # come through ingest (labels.valid).
     source = topics.features if spec.features is not None else topics.events_valid
     labels = topics.labels_valid
-    partitions = require_topics(
-        settings.kafka_bootstrap,
-        [source, labels, topics.predictions, topics.outcomes, topics.events_dlq],
-    )
-    store = RedisStore(settings.redis_url)
+    keys = settings.checkpoint_keys()
+    kafka = KafkaConnection.from_settings(settings)
+    outputs = [topics.predictions, topics.outcomes, topics.events_dlq]
+    partitions = require_topics(kafka, [source, labels, *outputs], written=outputs)
+    store = RedisStore.from_settings(settings)
     store.ping()
     # For readers (the API): the spec this learner runs, as JSON.
     store.client.set(
@@ -37,7 +38,7 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     metrics = ServiceMetrics("learner")
     metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(
-        settings.kafka_bootstrap,
+        kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.learner",
         topics=None,  # the lease holder owns every partition; see LearnerService
         session_timeout_ms=settings.session_timeout_ms,
@@ -46,16 +47,10 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     return LearnerService(
         LearnerCore.from_spec(spec),
         consumer,
-        SafeProducer(settings.kafka_bootstrap),
+        SafeProducer(kafka),
         settings,
         store,
-        CheckpointStore(
-            store.client,
-            spec.name,
-            "learner",
-            settings.checkpoint_key.get_secret_value().encode(),
-            keep=settings.checkpoints_kept,
-        ),
+        CheckpointStore(store.client, spec.name, "learner", keys, keep=settings.checkpoints_kept),
         Lease(store.client, store.key(spec.name, "learner", "lease"), settings.lease_ttl_s),
         {source: partitions[source], labels: partitions[labels]},
         LearnerMetrics.create(metrics),

@@ -19,9 +19,11 @@ from faust.types import TP
 from mode.utils.times import Seconds
 
 from services.monitor.alert_store import AlertStore
+from services.monitor.credentials import faust_credentials
 from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorMetrics, MonitorService
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
+from shared.kafka.connection import KafkaConnection
 from shared.kafka.probe import OffsetProbe
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
@@ -50,16 +52,19 @@ def build_monitor(
 ) -> tuple[faust.App, MonitorService]:
     inputs = monitor_inputs(settings, spec)
     topics = settings.topics
-    require_topics(settings.kafka_bootstrap, [*inputs, topics.drift_alerts, topics.events_dlq])
-    redis = RedisStore(settings.redis_url)
+    keys = settings.checkpoint_keys()
+    kafka = KafkaConnection.from_settings(settings)
+    written = [topics.drift_alerts, topics.events_dlq]
+    require_topics(kafka, [*inputs, *written], written=written)
+    redis = RedisStore.from_settings(settings)
     redis.ping()
-    key = settings.checkpoint_key.get_secret_value().encode()
     metrics = ServiceMetrics("monitor")
     metrics.serve(settings.metrics_port)
     app = faust.App(
         f"{settings.consumer_group_prefix}.{spec.name}.monitor",
         datadir=datadir,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         web_enabled=False,
         topic_allow_declare=False,
@@ -87,7 +92,7 @@ def build_monitor(
         except Exception as exc:  # revoked meanwhile, or slow: the gap is met again
             log.warning("rewind failed", extra={"fields": {"error": repr(exc)}})
 
-    probe = OffsetProbe(settings.kafka_bootstrap)
+    probe = OffsetProbe(kafka)
 
     async def first_offset(topic: str, partition: int, offset: int) -> int | None:
         return await asyncio.to_thread(probe.first_offset, topic, partition, offset)
@@ -97,7 +102,7 @@ def build_monitor(
         settings,
         inputs,
         lambda t, p: CheckpointStore(
-            redis.client, spec.name, f"monitor-{t}-p{p}", key, keep=settings.checkpoints_kept
+            redis.client, spec.name, f"monitor-{t}-p{p}", keys, keep=settings.checkpoints_kept
         ),
         AlertStore(redis.client, spec.name),
         send,

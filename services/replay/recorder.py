@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from services.replay.recorded import write_events
 from shared.codec import CodecError, decode
 from shared.kafka import require_topics
+from shared.kafka.connection import KafkaConnection
 from shared.messages import Event, MessageError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class RecordResult:
 
 
 def topic_events(
-    bootstrap: str,
+    where: KafkaConnection | str,
     topic: str,
     *,
     limit: int | None,
@@ -35,14 +36,15 @@ def topic_events(
     on_record: Callable[[int], None] = lambda n: None,
 ) -> Iterator[Event]:
     """Events from the start of every partition until `limit` or `idle_timeout` s of silence."""
-    partitions = require_topics(bootstrap, [topic])[topic]
+    partitions = require_topics(where, [topic])[topic]
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"headwater.record.{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
+        KafkaConnection.of(where).config(
+            {
+                "group.id": f"headwater.record.{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     try:
@@ -82,7 +84,7 @@ def topic_events(
 
 
 def record_topic(
-    bootstrap: str,
+    where: KafkaConnection | str,
     topic: str,
     path: str | Path,
     *,
@@ -94,7 +96,7 @@ def record_topic(
     write_events(
         path,
         topic_events(
-            bootstrap,
+            where,
             topic,
             limit=limit,
             idle_timeout=idle_timeout,

@@ -6,8 +6,6 @@ without being touched. River trees pickle deeply nested, hence the raised recurs
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import pickle
 import sys
 from collections.abc import Iterator
@@ -15,12 +13,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared.checkpoint import fast_restore
+from shared.checkpoint.keys import CheckpointKeys
 
 DEEP_RECURSION = 20_000
 
 
 class CheckpointTamperedError(RuntimeError):
-    """The blob's MAC does not match: it was altered, or written with another key."""
+    """The blob's MAC does not match: it was altered, or signed with a key not configured."""
 
 
 class CheckpointFormatError(RuntimeError):
@@ -58,16 +57,12 @@ def dumps(state: Any) -> bytes:
         return fast_restore.dumps(state, protocol=5)
 
 
-def sign(blob: bytes, key: bytes) -> bytes:
-    return hmac.new(key, blob, hashlib.sha256).digest()
-
-
-def loads(blob: bytes, mac: bytes, key: bytes, *, what: str = "checkpoint") -> Any:
+def loads(blob: bytes, mac: bytes, keys: CheckpointKeys, *, what: str = "checkpoint") -> Any:
     """Verify, then unpickle; a bad MAC raises before pickle sees a byte."""
-    if not hmac.compare_digest(sign(blob, key), mac):
+    if not keys.verifies(blob, mac):
         raise CheckpointTamperedError(
-            f"{what} failed HMAC verification (tampered, or written with another "
-            "HEADWATER_CHECKPOINT_KEY); refusing to load it"
+            f"{what} failed HMAC verification (tampered, or signed with a key that is neither "
+            "HEADWATER_CHECKPOINT_KEY nor in HEADWATER_CHECKPOINT_OLD_KEYS); refusing to load it"
         )
     with deep_recursion():
         try:

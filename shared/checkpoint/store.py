@@ -21,7 +21,8 @@ from typing import Any
 
 import redis
 
-from shared.checkpoint.codec import dumps, loads, sign
+from shared.checkpoint.codec import dumps, loads
+from shared.checkpoint.keys import CheckpointKeys
 
 _WRITE = """
 local base = KEYS[1]
@@ -74,14 +75,15 @@ class CheckpointStore:
         client: redis.Redis,
         pipeline: str,
         service: str,
-        key: bytes,
+        key: CheckpointKeys | bytes,
         keep: int = 10,
     ) -> None:
+        """`key`: the deployment's keys, or one key (tests, tools) that both signs and verifies."""
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.client = client
         self.base = f"headwater:{pipeline}:{service}:ckpt"
-        self.key = key
+        self.keys = key if isinstance(key, CheckpointKeys) else CheckpointKeys(key)
         self.keep = keep
         self._write = client.register_script(_WRITE)
         self.last_bytes = 0  # size of the blob this store last wrote (0: none yet)
@@ -100,7 +102,7 @@ class CheckpointStore:
         try:
             version = self._write(
                 keys=[self.base],
-                args=[epoch, blob, sign(blob, self.key), json.dumps(meta), self.keep],
+                args=[epoch, blob, self.keys.sign(blob), json.dumps(meta), self.keep],
             )
         except redis.ResponseError as exc:
             if "STALE_EPOCH" in str(exc):
@@ -133,7 +135,7 @@ class CheckpointStore:
             )
         info = _info(version, fields)
         state = loads(
-            fields[b"blob"], fields[b"mac"], self.key, what=f"checkpoint {self.base}:v:{version}"
+            fields[b"blob"], fields[b"mac"], self.keys, what=f"checkpoint {self.base}:v:{version}"
         )
         return info, state
 

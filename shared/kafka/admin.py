@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in __all__
@@ -14,6 +14,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, n
     ResourceType,
 )
 from confluent_kafka.cimpl import NewTopic
+
+from shared.kafka.connection import KafkaConnection, explain, no_answer
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,33 @@ class TopicError(RuntimeError):
     pass
 
 
-def ensure_topics(bootstrap: str, partitions: Mapping[str, int], timeout: float = 15.0) -> None:
+class Admin:
+    """An admin client that remembers why the broker did not answer (a refused login, an
+    untrusted certificate: librdkafka only reports those to an error callback)."""
+
+    def __init__(self, where: KafkaConnection | str) -> None:
+        self.connection = KafkaConnection.of(where)
+        self.errors: list[KafkaError] = []
+        self.client = AdminClient(self.connection.config({"error_cb": self.errors.append}))
+
+    def unreachable(self, exc: KafkaException) -> TopicError:
+        """The error to raise when a request failed: why, if the broker said, by setting."""
+        self.client.poll(0.1)  # serve the error callback
+        for err in self.errors:
+            reason = explain(err)
+            if reason is not None:
+                return TopicError(f"cannot use the Kafka cluster at {self.connection}: {reason}")
+        return TopicError(
+            f"broker at {self.connection} is unreachable ({exc.args[0].str()}); "
+            + no_answer(self.connection)
+        )
+
+
+def ensure_topics(
+    where: KafkaConnection | str, partitions: Mapping[str, int], timeout: float = 15.0
+) -> None:
     """Create each topic with its partition count; an existing topic must already match."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = Admin(where).client
     futures = admin.create_topics(
         [NewTopic(name, n, 1) for name, n in partitions.items()], request_timeout=timeout
     )
@@ -55,7 +81,7 @@ def ensure_topics(bootstrap: str, partitions: Mapping[str, int], timeout: float 
 
 def wait_for_broker(bootstrap: str, timeout: float = 20.0) -> None:
     """Block until the broker answers a metadata request."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = Admin(bootstrap).client
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -68,32 +94,58 @@ def wait_for_broker(bootstrap: str, timeout: float = 20.0) -> None:
     raise TopicError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
 
 
-def require_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> dict[str, int]:
-    """Partition count of each topic; a missing topic is an error, never auto-created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def require_topics(
+    where: KafkaConnection | str,
+    names: list[str],
+    timeout: float = 10.0,
+    *,
+    written: Collection[str] = (),
+) -> dict[str, int]:
+    """Partition count of each topic; a missing topic is an error, never auto-created.
+    `written`: those of `names` the caller writes (else it reads them), for the ACL a
+    refusal asks for."""
+    admin = Admin(where)
     try:
-        meta = admin.list_topics(timeout=timeout).topics
+        meta = admin.client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
-        raise TopicError(f"broker at {bootstrap} is unreachable: {exc.args[0].str()}") from exc
+        raise admin.unreachable(exc) from None
     missing = [n for n in names if n not in meta]
+    # A topic this client may not describe is left out of the list; asked by name, the
+    # broker says which it is.
+    hidden = [n for n in missing if _authorisation_failed(admin.client, n, timeout)]
+    if hidden:
+        grants = ", ".join(f"{'Write' if n in written else 'Read'} on Topic:{n}" for n in hidden)
+        raise TopicError(
+            f"not authorised to describe topics {hidden} on {admin.connection}: grant this "
+            f"service's user {grants} (each implies Describe; see the README's ACL table)"
+        )
     if missing:
         raise TopicError(
-            f"topics {missing} do not exist on {bootstrap}; create them with their partition "
-            "counts first (`headwater stack` does for local runs)"
+            f"topics {missing} do not exist on {admin.connection}; create them with their "
+            "partition counts first (`headwater stack` does for local runs)"
         )
     return {n: len(meta[n].partitions) for n in names}
 
 
+def _authorisation_failed(admin: AdminClient, topic: str, timeout: float) -> bool:
+    try:
+        found = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+    except KafkaException:
+        return False
+    error = None if found is None else found.error
+    return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
 def check_record_limits(
-    bootstrap: str, written: Sequence[str], max_bytes: int, timeout: float = 10.0
+    where: KafkaConnection | str, written: Sequence[str], max_bytes: int, timeout: float = 10.0
 ) -> None:
     """Refuse to start when a topic that carries input-sized records (ingest's and the
     features service's outputs) takes smaller ones than HEADWATER_MAX_MESSAGE_BYTES lets
     through: the broker would refuse such a record (Kafka
     enforces the topic's `max.message.bytes`, 1,048,588 bytes by default), the service would
     stop at it, and every restart would meet it again. A broker that does not describe its
-    topics' settings is not checked (logged)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics' settings is not checked (logged), nor is one that may not (no DescribeConfigs)."""
+    admin = Admin(where).client
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in dict.fromkeys(written)]
     try:
         limits = {

@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from shared.kafka.connection import KafkaConnection, explain
 from shared.kafka.position import position
 from shared.kafka.producer import DeliveryError
 
@@ -31,8 +32,10 @@ GROUP_PROTOCOLS = ("classic", "consumer")
 CONFIG_ERRORS: dict[int, str] = {
     KafkaError.INVALID_SESSION_TIMEOUT: "the broker refuses HEADWATER_SESSION_TIMEOUT_MS "
     "(outside its group.min/max.session.timeout.ms)",
-    KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorised to use the consumer group",
-    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorised to read the topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorised to use consumer group {group!r}: "
+    "grant this service's user Read on Group:{group} (see the README's ACL table)",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorised to read topic {topic!r}: grant this "
+    "service's user Read on Topic:{topic} (see the README's ACL table)",
     KafkaError.UNSUPPORTED_VERSION: "the broker does not support a request this consumer "
     "needs (with HEADWATER_GROUP_PROTOCOL=consumer: a broker without KIP-848; use classic)",
 }
@@ -73,7 +76,7 @@ def checkpoint_on_revoke(checkpoint: Callable[[], None]) -> None:
 class BatchConsumer:
     def __init__(
         self,
-        bootstrap: str,
+        where: KafkaConnection | str,
         group_id: str,
         topics: Iterable[str] | None,
         *,
@@ -86,7 +89,6 @@ class BatchConsumer:
         **config: Any,
     ) -> None:
         conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
             "group.id": group_id,
             **group_settings(group_protocol, session_timeout_ms),
             "auto.offset.reset": auto_offset_reset,
@@ -104,7 +106,8 @@ class BatchConsumer:
             "fetch.queue.backoff.ms": CONSUMER_TUNING["fetch.queue.backoff.ms"],
         }
         conf.update(config)
-        self._consumer = Consumer(conf)
+        self._group = group_id
+        self._consumer = Consumer(KafkaConnection.of(where).config(conf))
         # The consumer protocol (or a cooperative assignor) hands partitions out a few at a
         # time: an assignment adds to the one before, through incremental_assign.
         self._incremental = (
@@ -210,7 +213,10 @@ class BatchConsumer:
             elif err.fatal():
                 raise KafkaException(err)
             elif err.code() in CONFIG_ERRORS:
-                raise ConsumerConfigError(f"{CONFIG_ERRORS[err.code()]}: {err.str()}")
+                refused = CONFIG_ERRORS[err.code()].format(group=self._group, topic=msg.topic())
+                raise ConsumerConfigError(f"{refused} ({err.str()})")
+            elif (reason := explain(err)) is not None:
+                raise ConsumerConfigError(f"cannot read from the Kafka cluster: {reason}")
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"fields": {"error": err.str()}})
         return records

@@ -8,10 +8,12 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from shared.kafka.connection import KafkaConnection
+
 
 class OffsetProbe:
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, where: KafkaConnection | str) -> None:
+        self._connection = KafkaConnection.of(where)
         self._consumer: Consumer | None = None
         self._lock = threading.Lock()
 
@@ -23,13 +25,14 @@ class OffsetProbe:
         with self._lock:
             if self._consumer is None:
                 self._consumer = Consumer(
-                    {
-                        "bootstrap.servers": self._bootstrap,
-                        "group.id": "headwater-offset-probe",  # never joins: assign only
-                        "enable.auto.commit": False,
-                        "enable.partition.eof": True,
-                        "auto.offset.reset": "earliest",  # below the log's start: its first
-                    }
+                    self._connection.config(
+                        {
+                            "group.id": "headwater-offset-probe",  # never joins: assign only
+                            "enable.auto.commit": False,
+                            "enable.partition.eof": True,
+                            "auto.offset.reset": "earliest",  # below the log's start: its first
+                        }
+                    )
                 )
             consumer = self._consumer
             consumer.assign([TopicPartition(topic, partition, offset)])

@@ -7,9 +7,12 @@ The delivery callback remembers the first error; the next `produce` or `flush` r
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+
+from shared.kafka.connection import KafkaConnection, explain
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +24,19 @@ class DeliveryError(RuntimeError):
     """A record was not written to Kafka."""
 
 
+# Refusals a retry does not mend, with the permission to grant.
+REFUSED: dict[int, str] = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorised to write to topic {topic!r}: grant "
+    "this service's user Write on Topic:{topic} (see the README's ACL table)",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "not authorised for idempotent writes: grant "
+    "Write on the topic (Kafka 3.0+), or IdempotentWrite on the Cluster",
+}
+
+
 class SafeProducer:
-    def __init__(self, bootstrap: str, **config: Any) -> None:
+    def __init__(self, where: KafkaConnection | str, **config: Any) -> None:
+        self._connection = KafkaConnection.of(where)
         conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
             "linger.ms": 5,
             "enable.idempotence": True,  # no duplicates, no reordering on retries
             "acks": "all",
@@ -33,18 +45,35 @@ class SafeProducer:
             # Success reports cost a Python call per record; only failures need one.
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
+            # A refused login or certificate reaches only this callback; it fails the next call.
+            "error_cb": self._on_error,
         }
         conf.update(config)
-        self._producer = Producer(conf)
+        self._producer = Producer(self._connection.config(conf))
         self._error: DeliveryError | None = None
         self._produced = 0
         self._failed = 0
 
+    def _on_error(self, err: KafkaError) -> None:
+        reason = explain(err)
+        if reason is None and err.fatal():
+            reason = f"the producer cannot go on: {err.str()}"
+        if reason is None:
+            log.warning("kafka producer error", extra={"fields": {"error": err.str()}})
+        elif self._error is None:
+            self._error = DeliveryError(f"cannot write to {self._connection}: {reason}")
+
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             if self._error is None:
+                refused = REFUSED.get(err.code())
                 self._error = DeliveryError(
-                    f"delivery to {msg.topic()} failed: {err.str()} (code {err.name()})"
+                    f"delivery to {msg.topic()} failed: "
+                    + (
+                        refused.format(topic=msg.topic())
+                        if refused
+                        else f"{err.str()} (code {err.name()})"
+                    )
                 )
             self._failed += 1
             log.error(
@@ -130,8 +159,12 @@ class SafeProducer:
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every queued record; raise if any failed or is still queued."""
-        remaining = self._producer.flush(timeout)
+        """Wait for every queued record; raise if any failed or is still queued, or as soon
+        as the broker refuses this client (rather than at the deadline)."""
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(min(timeout, 1.0))
+        while remaining and self._error is None and time.monotonic() < deadline:
+            remaining = self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
         self._raise_pending()
         if remaining:
             raise DeliveryError(f"{remaining} records still undelivered after {timeout:.0f}s")

@@ -167,10 +167,16 @@ class KafkaBroker(BrokerProcess):
         *,
         heap: str = "512m",
         overrides: Mapping[str, str] | None = None,
+        listeners: Mapping[str, str] | None = None,
         say: Callable[[str], None] = log.info,
     ) -> None:
+        """`listeners`: more client listeners, name -> security protocol (e.g.
+        {"SECURE": "SASL_SSL"}), each on a free port (`listener_ports`) and configured through
+        `overrides` (listener.name.secure.*); PLAINTEXT stays the inter-broker listener."""
         self.port = port or free_port()
         self.controller_port = free_port()
+        self.listeners = dict(listeners or {})
+        self.listener_ports = {name: free_port() for name in self.listeners}
         self.heap = heap
         self.overrides = dict(overrides or {})
         self.say = say
@@ -184,16 +190,18 @@ class KafkaBroker(BrokerProcess):
         return f"127.0.0.1:{self.port}"
 
     def properties(self) -> dict[str, str]:
+        clients = {"PLAINTEXT": self.port, **self.listener_ports}
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in clients.items())
+        protocols = {"PLAINTEXT": "PLAINTEXT", "CONTROLLER": "PLAINTEXT", **self.listeners}
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocols.items()),
             "log.dirs": str(self.data_dir / "log"),
             **FAST_ONE_NODE,
         }

@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from shared.kafka.admin import ensure_topics
 from shared.redis_store import RedisStore
-from shared.settings import TopicNames
+from shared.settings import Settings, TopicNames
 from shared.stack.binaries import redis_server_binary
 from shared.stack.kafka_broker import KafkaBroker
 from shared.stack.processes import ManagedProcess, StackError, free_port, wait_for_port
@@ -77,8 +77,22 @@ class LocalStack:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def env(self) -> dict[str, str]:
-        """Environment that points a Headwater service at this stack."""
-        return {"HEADWATER_KAFKA_BOOTSTRAP": self.bootstrap, "HEADWATER_REDIS_URL": self.redis_url}
+        """Environment that points a Headwater service at this stack (a local one: the
+        development checkpoint key is allowed)."""
+        return {
+            "HEADWATER_KAFKA_BOOTSTRAP": self.bootstrap,
+            "HEADWATER_REDIS_URL": self.redis_url,
+            "HEADWATER_ALLOW_DEV_CHECKPOINT_KEY": "true",
+        }
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings of a service run in this process against this stack."""
+        return Settings(
+            kafka_bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            allow_dev_checkpoint_key=True,
+            **overrides,
+        )
 
     def processes(self) -> list[ManagedProcess]:
         return [p for p in (self.broker.process, self.redis) if p is not None]

@@ -70,12 +70,8 @@ def ingest_settings(stack: LocalStack, request: pytest.FixtureRequest) -> Settin
 
 
 def _settings(stack: LocalStack, topics: TopicNames) -> Settings:
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        topics=topics,
-        consumer_group_prefix=f"g{next(_counter)}",
-        log_format="text",
+    return stack.settings(
+        topics=topics, consumer_group_prefix=f"g{next(_counter)}", log_format="text"
     )
 
 
@@ -83,7 +79,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     """The same settings as HEADWATER_* variables, for a service in a subprocess."""
     env = {
         "HEADWATER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "HEADWATER_REDIS_URL": settings.redis_url,
+        "HEADWATER_REDIS_URL": settings.redis_url.get_secret_value(),
+        "HEADWATER_ALLOW_DEV_CHECKPOINT_KEY": str(settings.allow_dev_checkpoint_key).lower(),
         "HEADWATER_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
         "HEADWATER_LOG_FORMAT": "text",
     }

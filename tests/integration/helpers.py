@@ -164,3 +164,25 @@ def dedupe_by_lineage(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
         kept = first.setdefault(key, record)
         assert kept == record, f"a re-emitted record differs: {kept} != {record}"
     return list(first.values()), len(records) - len(first)
+
+
+def windowed_accuracy_in_process(spec_path: Path) -> str:
+    """Accuracy of the spec's windowed features and River model on Phishing, in this process:
+    what the pipeline must print through Kafka."""
+    from river import linear_model, metrics, preprocessing
+
+    from services.features.engine import FeatureEngine
+    from services.replay.datasets import dataset_events
+    from shared.spec import load_spec
+
+    engine = FeatureEngine(load_spec(spec_path).features)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = metrics.Accuracy()
+    for event in dataset_events("Phishing"):
+        features = engine.process(0, event).features
+        x = {k: v for k, v in features.items() if v is not None}
+        y_pred = model.predict_one(x)
+        if y_pred is not None:
+            accuracy.update(event.label, y_pred)
+        model.learn_one(x, event.label)
+    return str(accuracy)

@@ -55,12 +55,12 @@ class Running:
         return httpx.post(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
 
     def store(self) -> CheckpointStore:
-        client = RedisStore(self.settings.redis_url).client
+        client = RedisStore.from_settings(self.settings).client
         key = self.settings.checkpoint_key.get_secret_value().encode()
         return CheckpointStore(client, PIPELINE, "learner", key)
 
     def status(self) -> dict[str, str]:
-        redis = RedisStore(self.settings.redis_url)
+        redis = RedisStore.from_settings(self.settings)
         return redis.get_hash(redis.key(PIPELINE, "learner", "status"))
 
 
@@ -204,7 +204,7 @@ def test_latest_features_of_an_entity(running):
 
 
 def test_recent_drift_alerts(running):
-    client = RedisStore(running.settings.redis_url).client
+    client = RedisStore.from_settings(running.settings).client
     alerts = [
         DriftAlert(
             f"a{i}",

@@ -9,6 +9,7 @@ from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 
 from .conftest import ROOT, headwater
+from .helpers import windowed_accuracy_in_process
 
 
 def headwater_children() -> set[str]:
@@ -104,20 +105,7 @@ def test_demo_reports_a_bad_spec_without_a_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_demo_with_windowed_features_matches_the_same_computation_in_process():
-    from services.features.engine import FeatureEngine
-    from shared.spec import load_spec
-
     spec_path = ROOT / "ops/pipelines/phishing-windows.yaml"
     result = headwater("demo", "--spec", str(spec_path), timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
-    engine = FeatureEngine(load_spec(spec_path).features)
-    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    accuracy = metrics.Accuracy()
-    for event in dataset_events("Phishing"):
-        features = engine.process(0, event).features
-        x = {k: v for k, v in features.items() if v is not None}
-        y_pred = model.predict_one(x)
-        if y_pred is not None:
-            accuracy.update(event.label, y_pred)
-        model.learn_one(x, event.label)
-    assert f"\n{accuracy}\n" in result.stdout
+    assert f"\n{windowed_accuracy_in_process(spec_path)}\n" in result.stdout

@@ -12,7 +12,7 @@ import redis
 from services.launch import start_service
 from shared.codec import encode
 from shared.kafka import SafeProducer
-from shared.settings import Settings, TopicNames
+from shared.settings import TopicNames
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
 
@@ -39,9 +39,7 @@ def test_a_million_distinct_entities_keep_the_state_bounded(tmp_path: Path) -> N
     spec_file.write_text(SPEC)
     topics = TopicNames()
     with LocalStack(pipeline_topics(topics, 1)) as stack:  # its own: a million records
-        settings = Settings(
-            kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, log_format="text"
-        )
+        settings = stack.settings(log_format="text")
         producer = SafeProducer(stack.bootstrap)
         for i in range(N):
             event = {

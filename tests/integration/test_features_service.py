@@ -5,7 +5,6 @@ import threading
 import time
 
 import pytest
-import redis
 
 from services.features.app import run_features
 from services.features.engine import FeatureEngine
@@ -16,6 +15,7 @@ from services.replay.replayer import replay_file
 from shared.codec import encode
 from shared.kafka import SafeProducer, ensure_topics
 from shared.messages import Event, FeatureRecord
+from shared.redis_store import redis_client
 from shared.schemas import validator
 from shared.spec import parse_spec
 
@@ -61,7 +61,7 @@ def test_features_topic_and_feature_store_after_a_replay(settings, tmp_path):
         assert record.features == reference.process(0, record.event).features
     assert "0_mean_1m" in got[-1].features
     assert "1_mean_1m" in got[-1].features
-    store = FeatureStore(redis.Redis.from_url(settings.redis_url), "windows", 3600)
+    store = FeatureStore(redis_client(settings), "windows", 3600)
     for entity in ("sea-e0", "sea-e17", "sea-e39"):
         last = [r for r in got if r.event.entity == entity][-1]
         stored = store.read(entity)
@@ -71,7 +71,7 @@ def test_features_topic_and_feature_store_after_a_replay(settings, tmp_path):
             "event_id": last.event.event_id,
         }
     assert store.read("no-such-entity") is None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     assert 3000 < client.ttl("headwater:windows:features:sea-e0") <= 3600  # entity_ttl: 1h
     (status_key,) = client.keys("headwater:windows:features-status:*")
     status = client.hgetall(status_key)
@@ -230,7 +230,7 @@ def test_learner_drops_features_re_emitted_after_a_restart(settings):
             )
             producer.produce(settings.topics.features, encode(record.to_wire()), b"u")
         producer.close()
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)
         deadline = time.monotonic() + 30
         while client.hget("headwater:windows:learner:status", "events_seen") != b"4":
             assert time.monotonic() < deadline, client.hgetall("headwater:windows:learner:status")
@@ -390,9 +390,7 @@ def test_a_stale_features_owner_cannot_overwrite_a_newer_checkpoint(settings, mo
         new.on_assign([tp])  # a newer epoch for the same partition
         epoch = new.owned[0].epoch
         assert epoch > old.owned[0].epoch
-        store = CheckpointStore(
-            redis.Redis.from_url(settings.redis_url), "windows", "features-p0", b"-"
-        )
+        store = CheckpointStore(redis_client(settings), "windows", "features-p0", b"-")
         versions = store.versions()
         with pytest.raises(FeaturesFencedError, match="owned by another instance"):
             old.checkpoint([0], "cadence")

@@ -8,7 +8,6 @@ import threading
 from collections import Counter
 
 import pytest
-import redis
 
 from services.launch import start_service
 from services.replay.datasets import dataset_events
@@ -16,6 +15,7 @@ from services.replay.pacing import Pacer
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
 from shared.kafka import SafeProducer
+from shared.redis_store import redis_client
 from shared.settings import Settings
 
 from .conftest import BROKER, _fresh_topics, _settings, service_env
@@ -38,7 +38,7 @@ N, RATE, PARTITIONS = 4000, 250, 2  # events, events/s, partitions of every topi
 
 
 def status(settings: Settings) -> dict[bytes, bytes]:
-    return redis.Redis.from_url(settings.redis_url).hgetall("headwater:groups:learner:status")
+    return redis_client(settings).hgetall("headwater:groups:learner:status")
 
 
 @pytest.mark.slow

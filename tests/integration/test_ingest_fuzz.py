@@ -12,11 +12,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import redis
 
 from services.launch import start_service
 from shared.codec import encode
 from shared.kafka import SafeProducer
+from shared.redis_store import redis_client
 from shared.schemas import validator
 
 from .conftest import service_env
@@ -118,7 +118,7 @@ def test_100k_hostile_records_are_all_accounted_for(ingest_settings, tmp_path: P
     spec_file.write_text(SPEC)
     n = 100_000
     proc = start_service("ingest", spec_file, service_env(settings))
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
 
     def counts() -> dict[str, int]:
         keys = client.keys("headwater:fuzz:ingest-status:*")

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from services.ingest.app import run_ingest
 from services.launch import start_service
@@ -18,6 +17,7 @@ from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.messages import Event, Label
+from shared.redis_store import redis_client
 from shared.schemas import validator
 from shared.spec import parse_spec
 
@@ -32,7 +32,7 @@ models: [{name: lr, river: river.linear_model.LogisticRegression}]
 
 
 def status(settings) -> dict[bytes, bytes]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     keys = client.keys("headwater:ingest:ingest-status:*")
     return client.hgetall(keys[0]) if keys else {}
 
@@ -239,7 +239,7 @@ def test_retries_reach_events_valid_once_across_sigkills(ingest_settings, tmp_pa
         "HEADWATER_CHECKPOINT_EVERY_RECORDS": "3000",
         "HEADWATER_SESSION_TIMEOUT_MS": "2000",  # the killed member's partitions move sooner
     }
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     store = CheckpointStore(client, "ingest", "ingest-events-p0", b"-")
 
     def checkpointed() -> int:
@@ -384,9 +384,7 @@ def test_a_stale_ingest_owner_cannot_overwrite_a_newer_checkpoint(ingest_setting
         new.on_assign([tp])  # a newer epoch for the same partition
         epoch = new.owned[key].epoch
         assert epoch > old.owned[key].epoch
-        store = CheckpointStore(
-            redis.Redis.from_url(settings.redis_url), "ingest", "ingest-events-p0", b"-"
-        )
+        store = CheckpointStore(redis_client(settings), "ingest", "ingest-events-p0", b"-")
         versions = store.versions()
         with pytest.raises(IngestFencedError, match="owned by another ingest instance"):
             old.checkpoint([key])

@@ -22,6 +22,7 @@ from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer, ensure_topics
 from shared.messages import Event
+from shared.redis_store import redis_client
 from shared.settings import Settings, TopicNames
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
@@ -139,7 +140,7 @@ def predictions_per_event(settings: Settings, n: int, partitions: int) -> tuple[
 
 
 def learner_status(settings: Settings, pipeline: str) -> dict[bytes, bytes]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     return client.hgetall(f"headwater:{pipeline}:learner:status")
 
 
@@ -155,12 +156,8 @@ def own_stack():
 
 def test_every_service_rides_out_a_broker_crash_and_loses_nothing(own_stack):
     stack = own_stack
-    settings = Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        topics=TopicNames(),
-        consumer_group_prefix="restart",
-        log_format="text",
+    settings = stack.settings(
+        topics=TopicNames(), consumer_group_prefix="restart", log_format="text"
     )
     spec = ROOT / "ops/pipelines/phishing-windows.yaml"
     events = list(dataset_events("Phishing", entities=20, interval=1.0))
@@ -267,13 +264,7 @@ def fresh_pipeline(stack: LocalStack, run: str) -> Settings:
     topics = TopicNames(**{f: f"{prefix}.{f}" for f in TopicNames.model_fields})
     ensure_topics(stack.bootstrap, pipeline_topics(topics, PARTITIONS))
     redis.Redis.from_url(stack.redis_url).flushdb()  # checkpoints are keyed by pipeline name
-    return Settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        topics=topics,
-        consumer_group_prefix=prefix,
-        log_format="text",
-    )
+    return stack.settings(topics=topics, consumer_group_prefix=prefix, log_format="text")
 
 
 def churn_env(settings: Settings) -> dict[str, str]:
@@ -289,7 +280,7 @@ def churn_env(settings: Settings) -> dict[str, str]:
 
 def monitor_meta(settings: Settings, pipeline: str, partitions: int) -> dict[str, Counter]:
     """Per monitor input topic, its partitions' newest checkpoint metadata, summed."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     out = {}
     for topic in (settings.topics.outcomes, settings.topics.features):
         total: Counter = Counter()

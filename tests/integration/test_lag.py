@@ -51,7 +51,7 @@ def test_api_and_prometheus_lag_are_end_offset_minus_checkpoint_offset(stack, re
     api = ManagedProcess(
         "api", [sys.executable, "-m", "services.cli.main", "api", "--port", str(api_port)], env=env
     )
-    client = RedisStore(settings.redis_url).client
+    client = RedisStore.from_settings(settings).client
     store = CheckpointStore(client, "phishing", "learner", b"-")
     reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "lag-test"})
     inputs = [(t, p) for t in (topics.events, topics.labels) for p in range(PARTITIONS)]

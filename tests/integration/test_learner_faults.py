@@ -20,6 +20,7 @@ from shared.checkpoint.store import CheckpointStore
 from shared.kafka import SafeProducer
 from shared.messages import Label, Lineage, Prediction
 from shared.models.fingerprint import fingerprint
+from shared.redis_store import redis_client
 from shared.settings import Settings
 from shared.spec import load_spec
 
@@ -77,7 +78,7 @@ def uninterrupted(spec_file: Path, n: int) -> LearnerCore:
 
 
 def status(settings: Settings) -> dict[bytes, bytes]:
-    return redis.Redis.from_url(settings.redis_url).hgetall("headwater:fault:learner:status")
+    return redis_client(settings).hgetall("headwater:fault:learner:status")
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -89,22 +90,16 @@ def wait_until(predicate, timeout: float, what: str) -> float:
 
 
 def checkpointed_events(settings: Settings) -> int:
-    versions = CheckpointStore(
-        redis.Redis.from_url(settings.redis_url), "fault", "learner", b"-"
-    ).versions()
+    versions = CheckpointStore(redis_client(settings), "fault", "learner", b"-").versions()
     return int(versions[0].meta["events_seen"]) if versions else 0
 
 
 def current_epoch(settings: Settings) -> int:
-    return int(
-        redis.Redis.from_url(settings.redis_url).get("headwater:fault:learner:ckpt:epoch") or 0
-    )
+    return int(redis_client(settings).get("headwater:fault:learner:ckpt:epoch") or 0)
 
 
 def final_state(settings: Settings):
-    store = CheckpointStore(
-        redis.Redis.from_url(settings.redis_url), "fault", "learner", b"headwater-dev-key"
-    )
+    store = CheckpointStore(redis_client(settings), "fault", "learner", b"headwater-dev-key")
     return store.load()
 
 
@@ -173,17 +168,10 @@ def test_hot_standby_takes_over_within_ten_seconds_and_loses_nothing(settings, s
         wait_until(lambda: int(status(settings).get(b"events_seen", 0)) > 2000, 60, "progress")
         active.kill()
         killed_at = time.monotonic()
-        epoch_before = int(
-            redis.Redis.from_url(settings.redis_url).get("headwater:fault:learner:ckpt:epoch")
-        )
+        epoch_before = int(redis_client(settings).get("headwater:fault:learner:ckpt:epoch"))
         wait_until(
             lambda: (
-                int(
-                    redis.Redis.from_url(settings.redis_url).get(
-                        "headwater:fault:learner:ckpt:epoch"
-                    )
-                )
-                > epoch_before
+                int(redis_client(settings).get("headwater:fault:learner:ckpt:epoch")) > epoch_before
             ),
             15,
             "the standby to take over",
@@ -213,7 +201,7 @@ def test_a_paused_learner_cannot_overwrite_its_successors_checkpoint(settings, s
     stale.proc.send_signal(signal.SIGSTOP)
     successor = start_service("learner", spec_file, env)
     try:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)
         wait_until(
             lambda: int(client.get("headwater:fault:learner:ckpt:epoch")) == 2, 30, "takeover"
         )
@@ -237,7 +225,7 @@ def test_a_tampered_checkpoint_is_refused_with_a_clear_error(settings, spec_file
     learner = start_service("learner", spec_file, env)
     wait_until(lambda: status(settings).get(b"role") == b"active", 30, "the learner")
     assert learner.stop() == 0  # writes its shutdown checkpoint
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     key = f"headwater:fault:learner:ckpt:v:{int(client.get('headwater:fault:learner:ckpt:latest'))}"
     client.hset(key, "blob", b"\x80\x05cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
     result = headwater("run", "learner", "--spec", str(spec_file), env=env, timeout=60)

@@ -19,6 +19,7 @@ from shared.kafka import SafeProducer
 from shared.messages import Prediction
 from shared.redis_store import RedisStore
 from shared.schemas import validator
+from shared.settings import Settings
 from shared.spec import load_spec
 
 from .conftest import ROOT, ThreadedService
@@ -54,7 +55,9 @@ def test_phishing_through_kafka_scores_like_river(
         assert sent.events == 1250
         assert sent.labels == (0 if delay is None else 1250)
         records = read_topic(settings.kafka_bootstrap, settings.topics.predictions, 3750)
-        wait_for_status(settings.redis_url, "labels_learned", "1250")  # trailing labels too
+        wait_for_status(
+            settings.redis_url.get_secret_value(), "labels_learned", "1250"
+        )  # trailing labels too
         outcomes = read_topic(settings.kafka_bootstrap, settings.topics.outcomes, 3750)
     finally:
         learner.join()
@@ -74,7 +77,7 @@ def test_phishing_through_kafka_scores_like_river(
     for p in champion:
         accuracy.update(labels[p.event_id], p.prediction)
     assert str(accuracy) == f"Accuracy: {expected}"
-    status = RedisStore(settings.redis_url).get_hash("headwater:phishing:learner:status")
+    status = RedisStore.from_settings(settings).get_hash("headwater:phishing:learner:status")
     assert status["events_seen"] == "1250"
     assert status["labels_learned"] == "1250"
     assert status["pending"] == "0"
@@ -95,12 +98,12 @@ def test_with_a_model_process_the_learner_keeps_no_copy_of_the_models(
     learner = ThreadedService(service.run).start()
     try:
         replay_file(stream, SafeProducer(settings.kafka_bootstrap), settings.topics)
-        wait_for_status(settings.redis_url, "labels_learned", "300")
+        wait_for_status(settings, "labels_learned", "300")
         assert gc.get_threshold() == HOT_PATH_THRESHOLDS  # while it runs
     finally:
         learner.join()
     assert gc.get_threshold() == thresholds  # given back: it shared this process
-    store = RedisStore(settings.redis_url)
+    store = RedisStore.from_settings(settings)
     checkpoints = CheckpointStore(store.client, "phishing", "learner", b"headwater-dev-key")
     _, state = checkpoints.load()  # written on the way out
     assert state.core.events_seen == 300
@@ -108,8 +111,8 @@ def test_with_a_model_process_the_learner_keeps_no_copy_of_the_models(
     assert service.core.events_seen == (0 if model_process else 300)
 
 
-def wait_for_status(redis_url: str, field: str, value: str, timeout: float = 30) -> None:
-    store = RedisStore(redis_url)
+def wait_for_status(settings: Settings, field: str, value: str, timeout: float = 30) -> None:
+    store = RedisStore.from_settings(settings)
     deadline = time.monotonic() + timeout
     while store.get_hash("headwater:phishing:learner:status").get(field) != value:
         assert time.monotonic() < deadline, store.get_hash("headwater:phishing:learner:status")

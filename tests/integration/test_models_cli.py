@@ -2,8 +2,6 @@
 
 import time
 
-import redis
-
 from services.learner.app import run_learner
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
@@ -11,6 +9,7 @@ from services.replay.replayer import replay_file
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import SafeProducer
 from shared.models.fingerprint import fingerprint
+from shared.redis_store import redis_client
 from shared.spec import load_spec
 
 from .conftest import ROOT, ThreadedService, headwater, service_env
@@ -25,9 +24,7 @@ def test_rollback_makes_the_running_learner_continue_from_an_old_version(setting
         run_learner, settings, load_spec(ROOT / "ops/pipelines/phishing.yaml")
     )
     learner.start()
-    store = CheckpointStore(
-        redis.Redis.from_url(settings.redis_url), "phishing", "learner", b"headwater-dev-key"
-    )
+    store = CheckpointStore(redis_client(settings), "phishing", "learner", b"headwater-dev-key")
     try:
 
         def replay_and_wait(name: str, seen: int) -> None:

@@ -136,7 +136,7 @@ def position(alert: DriftAlert) -> tuple[str, int]:
 def checkpoint(settings: Settings, topic: str) -> dict[str, Any]:
     """The newest checkpoint's metadata of the monitor's partition 0 of `topic`."""
     store = CheckpointStore(
-        RedisStore(settings.redis_url).client, "drift", f"monitor-{topic}-p0", b"unused"
+        RedisStore.from_settings(settings).client, "drift", f"monitor-{topic}-p0", b"unused"
     )
     versions = store.versions()
     return versions[0].meta if versions else {}
@@ -190,7 +190,7 @@ def test_alerts_equal_the_in_process_engines_and_a_restart_applies_nothing_twice
     assert sorted((d["source_topic"], d["reason"]) for d in dead) == sorted(
         [(settings.topics.events_valid, "bad_msgpack"), (settings.topics.outcomes, "bad_json")]
     )
-    stored = AlertStore(RedisStore(settings.redis_url).client, "drift").latest(100)
+    stored = AlertStore(RedisStore.from_settings(settings).client, "drift").latest(100)
     assert [a["alert_id"] for a in stored] == [
         a.alert_id for a in sorted(expected, key=lambda a: a.ts, reverse=True)
     ]
@@ -263,7 +263,7 @@ def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
 
     from services.monitor.service import OUTCOMES, MonitorFencedError, MonitorService
 
-    client = RedisStore(settings.redis_url).client
+    client = RedisStore.from_settings(settings).client
     sent: list[tuple[str, bytes | None, bytes]] = []
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
@@ -354,9 +354,9 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     assert codes == (0, 0), learner.log_tail(20) + watcher.log_tail(20)
     assert got == expected  # the same alert: id, model version, statistics, action, lineage
     assert [Outcome.from_wire(o) for o in outcomes] == expected_outcomes
-    stored = AlertStore(RedisStore(settings.redis_url).client, "drift").latest(10)
+    stored = AlertStore(RedisStore.from_settings(settings).client, "drift").latest(10)
     assert [(a["alert_id"], a["action"]) for a in stored] == [(expected[0].alert_id, "reset")]
-    redis_store = RedisStore(settings.redis_url)
+    redis_store = RedisStore.from_settings(settings)
     status = redis_store.get_hash(redis_store.key("drift", "learner", "status"))
     assert (status["drift_resets"], status["drift_trials"]) == ("1", "0"), status
 
@@ -372,7 +372,7 @@ def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings):
     from services.monitor.service import FEATURES, MonitorService
     from shared.messages import FeatureRecord
 
-    client = RedisStore(settings.redis_url).client
+    client = RedisStore.from_settings(settings).client
     rewinds: list[tuple[str, int, int]] = []
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -97,9 +98,26 @@ def docker_compose() -> list[str]:
     return cmd
 
 
-def run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+# The secrets compose takes from the shell (it refuses to start without them).
+COMPOSE_SECRETS = {
+    "HEADWATER_CHECKPOINT_KEY": "ck-0f3e9a",
+    "REDIS_PASSWORD": "rp-77b1c2",
+    "GRAFANA_ADMIN_PASSWORD": "gp-5d20aa",
+}
+
+
+def run(
+    cmd: list[str], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
     return subprocess.run(
-        [*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        [*cmd, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**base, **(COMPOSE_SECRETS if env is None else env)},
     )
 
 
@@ -275,6 +293,28 @@ def test_docker_compose_config_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_run_without_each_secret(missing):
+    env = {k: v for k, v in COMPOSE_SECRETS.items() if k != missing}
+    result = run(docker_compose(), "-f", str(COMPOSE.relative_to(ROOT)), "config", "-q", env=env)
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_compose_takes_its_secrets_from_the_environment_only():
+    text = COMPOSE.read_text()
+    assert "headwater-dev-key" not in text
+    result = run(docker_compose(), "-f", str(COMPOSE.relative_to(ROOT)), "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    env = services["learner"]["environment"]
+    assert env["HEADWATER_CHECKPOINT_KEY"] == COMPOSE_SECRETS["HEADWATER_CHECKPOINT_KEY"]
+    assert env["HEADWATER_REDIS_URL"] == "redis://:rp-77b1c2@redis:6379/0"
+    assert "rp-77b1c2" in services["redis"]["command"]
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "gp-5d20aa"
+
+
 def test_compose_runs_the_kafka_version_the_local_stack_runs():
     """One pin (.env's KAFKA_VERSION) for compose's image and `headwater stack --broker kafka`;
     docker-compose substitutes it (the config below is what compose would run)."""
@@ -303,7 +343,7 @@ def test_compose_services_match_the_metrics_contract_and_the_repository():
         env = spec["environment"]
         assert env["HEADWATER_METRICS_PORT"] == port
         assert env["HEADWATER_KAFKA_BOOTSTRAP"] == "kafka:9092"
-        assert env["HEADWATER_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["HEADWATER_REDIS_URL"].endswith("@redis:6379/0")
         assert spec["depends_on"] == {
             "kafka": {"condition": "service_healthy"},
             "kafka-init": {"condition": "service_completed_successfully"},
@@ -327,7 +367,7 @@ def test_compose_services_match_the_metrics_contract_and_the_repository():
     assert init["environment"]["TOPICS"].split() == list(TopicNames().model_dump().values())
     assert "--if-not-exists" in init["command"][0]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert services["redis"]["command"] == ["redis-server", "--appendonly", "yes"]
+    assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     assert services["prometheus"]["ports"] == ["9090:9090"]
     assert services["grafana"]["ports"] == ["3000:3000"]
 

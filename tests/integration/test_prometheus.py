@@ -105,7 +105,7 @@ def scraped(ingest_settings, tmp_path, prometheus_binary) -> Iterator[tuple[Prom
 def test_prometheus_scrapes_every_service_after_a_replay(scraped, ingest_settings):
     prometheus, api = scraped
     settings = ingest_settings
-    redis = RedisStore(settings.redis_url)
+    redis = RedisStore.from_settings(settings)
     producer = SafeProducer(settings.kafka_bootstrap)
     replay_file(STREAM, producer, settings.topics, label_delay=10)
     producer.close()

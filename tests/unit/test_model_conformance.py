@@ -12,18 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.replay.datasets import dataset_events
-from shared.checkpoint.codec import dumps, loads, sign
+from shared.checkpoint.codec import dumps, loads
+from shared.checkpoint.keys import CheckpointKeys
 from shared.models import build_model, vw_model
 from shared.models.fingerprint import fingerprint
 from shared.models.river_model import binary_proba, canonical_proba
 from shared.models.vw_model import features_text, format_features
 
-KEY = b"test-key"
+KEY = CheckpointKeys(b"test-key")
 
 
 def round_trip(model):
     blob = dumps(model)
-    return loads(blob, sign(blob, KEY), KEY)
+    return loads(blob, KEY.sign(blob), KEY)
 
 
 IMAGE_CLASSES = ["brickface", "cement", "foliage", "grass", "path", "sky", "window"]

@@ -15,7 +15,7 @@ def test_settings_come_from_headwater_variables(monkeypatch):
     monkeypatch.setenv("HEADWATER_TOPICS__EVENTS", "clicks")
     settings = load_settings()
     assert settings.kafka_bootstrap == "broker:9093"
-    assert settings.redis_url == "redis://cache:6380/2"
+    assert settings.redis_url.get_secret_value() == "redis://cache:6380/2"
     assert settings.topics.events == "clicks"
     assert settings.topics.predictions == "predictions"
 
