@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from shared.kafka.admin import wait_for_broker
@@ -168,15 +168,18 @@ class KafkaBroker(BrokerProcess):
         heap: str = "512m",
         overrides: Mapping[str, str] | None = None,
         listeners: Mapping[str, str] | None = None,
+        jvm_options: Sequence[str] = (),
         say: Callable[[str], None] = log.info,
     ) -> None:
         """`listeners`: more client listeners, name -> security protocol (e.g.
         {"SECURE": "SASL_SSL"}), each on a free port (`listener_ports`) and configured through
-        `overrides` (listener.name.secure.*); PLAINTEXT stays the inter-broker listener."""
+        `overrides` (listener.name.secure.*); PLAINTEXT stays the inter-broker listener.
+        `jvm_options`: e.g. system properties (-Dname=value) the broker reads."""
         self.port = port or free_port()
         self.controller_port = free_port()
         self.listeners = dict(listeners or {})
         self.listener_ports = {name: free_port() for name in self.listeners}
+        self.jvm_options = list(jvm_options)
         self.heap = heap
         self.overrides = dict(overrides or {})
         self.say = say
@@ -217,6 +220,7 @@ class KafkaBroker(BrokerProcess):
             "-XX:+UseSerialGC",  # one GC thread: the machine's cores belong to the services
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+            *self.jvm_options,
             "-cp",
             f"{self._lib}/*",
             main,

@@ -55,9 +55,7 @@ def test_phishing_through_kafka_scores_like_river(
         assert sent.events == 1250
         assert sent.labels == (0 if delay is None else 1250)
         records = read_topic(settings.kafka_bootstrap, settings.topics.predictions, 3750)
-        wait_for_status(
-            settings.redis_url.get_secret_value(), "labels_learned", "1250"
-        )  # trailing labels too
+        wait_for_status(settings, "labels_learned", "1250")  # trailing labels too
         outcomes = read_topic(settings.kafka_bootstrap, settings.topics.outcomes, 3750)
     finally:
         learner.join()

@@ -27,7 +27,7 @@ def test_external_client_gets_a_prediction_from_a_running_learner(stack, tmp_pat
     """Default topic names, as a user of `headwater stack` has them."""
     ensure_topics(stack.bootstrap, {n: 1 for n in TopicNames().model_dump().values()})
     RedisStore(stack.redis_url).client.flushdb()
-    env = {"HEADWATER_KAFKA_BOOTSTRAP": stack.bootstrap, "HEADWATER_REDIS_URL": stack.redis_url}
+    env = stack.env()  # what `headwater stack` prints
     service_env = {**env, "HEADWATER_CONSUMER_GROUP_PREFIX": "readme"}
     ingest = start_service("ingest", ROOT / "ops/pipelines/phishing.yaml", service_env)
     learner = start_service("learner", ROOT / "ops/pipelines/phishing.yaml", service_env)
