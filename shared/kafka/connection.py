@@ -75,7 +75,6 @@ class KafkaConnection:
     bootstrap: str
     properties: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
 
     @classmethod
     def of(cls, where: KafkaConnection | str) -> KafkaConnection:
@@ -120,7 +119,7 @@ class KafkaConnection:
                 props["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
         passed = {k: v.get_secret_value() for k, v in settings.kafka_client_config.items()}
         refuse_owned(passed)
-        return cls(settings.kafka_bootstrap, props | passed, protocol, mechanism)
+        return cls(settings.kafka_bootstrap, props | passed, protocol)
 
     def config(self, conf: Mapping[str, Any]) -> dict[str, Any]:
         """A client's configuration: its own `conf`, then the connection's properties."""

@@ -4,8 +4,6 @@ the test creates topics, users and ACLs through it as the super user ANONYMOUS."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
     AclBindingFilter,
@@ -110,11 +108,8 @@ def client_files(ca: PrivateCA, user: str, *, expired: bool = False) -> dict[str
     }
 
 
-def client_env(
-    broker: KafkaBroker, ca: PrivateCA, user: str, password: str, folder: Path | None = None
-) -> dict[str, str]:
+def client_env(broker: KafkaBroker, ca: PrivateCA, user: str, password: str) -> dict[str, str]:
     """HEADWATER_* variables of a service that logs in as `user`."""
-    del folder
     return {
         "HEADWATER_KAFKA_BOOTSTRAP": secure_bootstrap(broker),
         "HEADWATER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

@@ -161,7 +161,11 @@ class SecureStack:
         }
 
 
-def start_tls_redis(folder: Path, ca: PrivateCA, default: str, user: str) -> ManagedProcess:
+def start_tls_redis(
+    folder: Path, ca: PrivateCA, default: str, user: str
+) -> tuple[ManagedProcess, int]:
+    """TLS only (client certificates required); `default`: requirepass, `user`: the password
+    of the ACL user `headwater`, limited to Headwater's keys and no dangerous commands."""
     server = ca.issue("redis-server", server=True)
     port = free_port()
     conf = folder / "redis.conf"
@@ -186,8 +190,7 @@ def start_tls_redis(folder: Path, ca: PrivateCA, default: str, user: str) -> Man
     )
     proc = ManagedProcess("redis-tls", [str(redis_server_binary()), str(conf)])
     assert wait_for_port(port, 20, proc.proc), proc.log_tail()
-    proc.port = port  # type: ignore[attr-defined]
-    return proc
+    return proc, port
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +199,11 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
     ca = PrivateCA(folder)
     broker = secure_broker(ca).start()
     passwords = {user: secrets.token_urlsafe(12) for user in USERS}
-    redis_proc = start_tls_redis(
-        folder, ca, default := secrets.token_urlsafe(12), user := secrets.token_urlsafe(12)
-    )
+    default, user = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    redis_proc, redis_port = start_tls_redis(folder, ca, default, user)
     try:
         add_users(broker, passwords)
-        yield SecureStack(folder, ca, broker, redis_proc.port, passwords, default, user)  # type: ignore[attr-defined]
+        yield SecureStack(folder, ca, broker, redis_port, passwords, default, user)
     finally:
         redis_proc.stop()
         broker.stop()
