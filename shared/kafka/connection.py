@@ -158,15 +158,12 @@ def explain(err: KafkaError) -> str | None:
             f"the broker refused the SASL login ({text}); check HEADWATER_KAFKA_SASL_USERNAME, "
             "HEADWATER_KAFKA_SASL_PASSWORD and HEADWATER_KAFKA_SASL_MECHANISM"
         )
-    if "certificate verify failed" in text:
-        if "hostname" in text.lower() or "IP address mismatch" in text:
-            return (
-                f"the broker's certificate does not name the host connected to ({text}); "
-                "connect by a name it holds, or set HEADWATER_KAFKA_SSL_VERIFY_HOSTNAME=false"
-            )
+    if "certificate verify failed" in text:  # librdkafka says no more of why
         return (
             f"the broker's certificate is not trusted ({text}); HEADWATER_KAFKA_SSL_CA_LOCATION "
-            "must name the CA that signed it (unset: the system's CAs)"
+            "must name the CA that signed it (unset: the system's CAs), and the certificate "
+            "must name the host in HEADWATER_KAFKA_BOOTSTRAP (HEADWATER_KAFKA_SSL_VERIFY_HOSTNAME"
+            "=false turns that check off)"
         )
     if "alert certificate" in text or "alert bad certificate" in text:
         return (
