@@ -54,7 +54,7 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
 
 
 class RedisStore:
-    """Keys live under `headwater:<pipeline>:…` so several pipelines share one Redis."""
+    """A client with a health check; the keys it is used with come from shared/keys.py."""
 
     def __init__(
         self, url: str, *, timeout_s: float = 5.0, client: redis.Redis | None = None
@@ -68,10 +68,6 @@ class RedisStore:
     def from_settings(cls, settings: Settings) -> RedisStore:
         url = settings.redis_url.get_secret_value()
         return cls(url, client=redis_client(settings))
-
-    @staticmethod
-    def key(pipeline: str, *parts: str) -> str:
-        return ":".join(("headwater", pipeline, *parts))
 
     def ping(self) -> None:
         try:

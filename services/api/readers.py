@@ -22,11 +22,9 @@ from services.monitor.alert_store import AlertStore
 from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.kafka.connection import KafkaConnection
-from shared.redis_store import RedisStore
+from shared.keys import PipelineKeys, pipeline_of, pipeline_patterns
 
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
-# Keys that show a pipeline exists: a learner's status or checkpoints, the monitor's alerts.
-_MARKERS = ("learner:status", "learner:ckpt:latest", "monitor:alerts", "learner:spec")
 _ROLLING = re.compile(r"^(?P<name>.+) \(last (?P<window>\d+)\)$")
 LIVE_S = 30.0  # a learner whose status is older than this is not running
 
@@ -112,9 +110,9 @@ class StateReader:
 
     def pipelines(self) -> list[str]:
         found: set[str] = set()
-        for marker in (*_MARKERS, "features-status:*"):
-            for key in self.client.scan_iter(match=f"headwater:*:{marker}", count=1000):
-                name = key.decode().split(":")[1]
+        for pattern in pipeline_patterns():
+            for key in self.client.scan_iter(match=pattern, count=1000):
+                name = pipeline_of(key.decode())
                 if PIPELINE_NAME.match(name):
                     found.add(name)
         return sorted(found)
@@ -122,23 +120,21 @@ class StateReader:
     def exists(self, pipeline: str) -> bool:
         if not PIPELINE_NAME.match(pipeline):
             return False
-        keys = [f"headwater:{pipeline}:{marker}" for marker in _MARKERS]
-        if self.client.exists(*keys):
+        keys = PipelineKeys(pipeline)
+        if self.client.exists(*keys.marks()):
             return True
-        features = self.client.scan_iter(
-            match=f"headwater:{pipeline}:features-status:*", count=1000
-        )
+        features = self.client.scan_iter(match=keys.instance_status("features", "*"), count=1000)
         return next(iter(features), None) is not None
 
     def checkpoints(self, pipeline: str) -> CheckpointStore:
         return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
 
     def status(self, pipeline: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(RedisStore.key(pipeline, "learner", "status"))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.client.hgetall(PipelineKeys(pipeline).learner_status)  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def spec(self, pipeline: str) -> dict[str, Any] | None:
-        raw = self.client.get(RedisStore.key(pipeline, "learner", "spec"))
+        raw = self.client.get(PipelineKeys(pipeline).learner_spec)
         spec = json.loads(raw) if raw else None
         return spec if isinstance(spec, dict) else None
 
@@ -159,11 +155,11 @@ class StateReader:
         return sorted(names)
 
     def paused(self, pipeline: str) -> set[str]:
-        members: set[bytes] = self.client.smembers(RedisStore.key(pipeline, "learner", "paused"))  # type: ignore[assignment]
+        members: set[bytes] = self.client.smembers(PipelineKeys(pipeline).learner_paused)  # type: ignore[assignment]
         return {m.decode() for m in members}
 
     def set_paused(self, pipeline: str, model: str, paused: bool) -> None:
-        key = RedisStore.key(pipeline, "learner", "paused")
+        key = PipelineKeys(pipeline).learner_paused
         if paused:
             self.client.sadd(key, model)
         else:

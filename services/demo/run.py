@@ -19,6 +19,7 @@ from services.replay.replayer import replay_file
 from shared.codec import decode
 from shared.kafka import SafeProducer
 from shared.kafka.connection import KafkaConnection
+from shared.keys import PipelineKeys
 from shared.messages import Prediction
 from shared.models.river_factory import build_metric, default_metric
 from shared.redis_store import RedisStore
@@ -121,7 +122,7 @@ def _replay(bootstrap: str, stream: Path, topics: TopicNames, label_delay: int |
 def wait_until_assigned(redis_url: str, pipeline: str, learner: ManagedProcess) -> None:
     """The learner reports its partitions in Redis once it has joined its group."""
     store = RedisStore(redis_url)
-    key = store.key(pipeline, "learner", "status")
+    key = PipelineKeys(pipeline).learner_status
     deadline = time.monotonic() + 60
     try:
         while int(store.get_hash(key).get("assigned_partitions", 0)) == 0:

@@ -28,6 +28,7 @@ from shared.kafka.closing import close_all
 from shared.kafka.consumer import checkpoint_on_revoke
 from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
+from shared.keys import PipelineKeys
 from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
 from shared.messages.fast_event import fast_valid_event
 from shared.metrics import ServiceMetrics, StreamMetrics
@@ -234,7 +235,7 @@ class FeaturesService:
             "expired": sum(s.expired for s in states),
             "updated_at": time.time(),
         }
-        key = f"headwater:{self.pipeline}:features-status:{self.instance}"
+        key = PipelineKeys(self.pipeline).instance_status("features", self.instance)
         try:
             self.feature_store.client.hset(key, mapping=fields)  # type: ignore[arg-type]
             self.feature_store.client.expire(key, 300)

@@ -10,6 +10,7 @@ import msgpack
 import redis
 
 from shared.codec import decode
+from shared.keys import PipelineKeys
 from shared.messages import FeatureRecord
 
 # One call per batch: SET every key with its TTL. The keys and values travel packed in one
@@ -39,7 +40,7 @@ class FeatureStore:
 
     def __init__(self, client: redis.Redis, pipeline: str, ttl_s: float) -> None:
         self.client = client
-        self.prefix = f"headwater:{pipeline}:features:"
+        self.prefix = PipelineKeys(pipeline).entity_features
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self._in_flight: tuple[Any, bytes] | None = None  # (connection, packed items)
 

@@ -34,6 +34,7 @@ from shared.kafka.closing import close_all
 from shared.kafka.connection import KafkaConnection
 from shared.kafka.consumer import CONSUMER_TUNING, checkpoint_on_revoke
 from shared.kafka.lag import ConsumerLag
+from shared.keys import PipelineKeys
 from shared.messages import DeadLetter, Event, Label, MessageError
 from shared.metrics import ServiceMetrics, StreamMetrics
 from shared.settings import Settings
@@ -519,7 +520,7 @@ class IngestService:
         }
         for name in COUNTS:
             fields.setdefault(name, 0)
-        key = f"headwater:{self.pipeline}:ingest-status:{self.instance}"
+        key = PipelineKeys(self.pipeline).instance_status("ingest", self.instance)
         try:
             self.redis_client.delete(key)
             self.redis_client.hset(key, mapping=fields)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
 from shared.kafka.connection import KafkaConnection
+from shared.keys import PipelineKeys
 from shared.metrics import ServiceMetrics
 from shared.ordering import OrderedMerge
 from shared.redis_store import RedisStore
@@ -32,9 +33,7 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     store = RedisStore.from_settings(settings)
     store.ping()
     # For readers (the API): the spec this learner runs, as JSON.
-    store.client.set(
-        store.key(spec.name, "learner", "spec"), json.dumps(spec.describe(), default=str)
-    )
+    store.client.set(PipelineKeys(spec.name).learner_spec, json.dumps(spec.describe(), default=str))
     metrics = ServiceMetrics("learner")
     metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(
@@ -51,7 +50,7 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
         settings,
         store,
         CheckpointStore(store.client, spec.name, "learner", keys, keep=settings.checkpoints_kept),
-        Lease(store.client, store.key(spec.name, "learner", "lease"), settings.lease_ttl_s),
+        Lease(store.client, PipelineKeys(spec.name).learner_lease, settings.lease_ttl_s),
         {source: partitions[source], labels: partitions[labels]},
         LearnerMetrics.create(metrics),
         # No "caught up" shortcut: a cached high watermark can be stale while a producer is

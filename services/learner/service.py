@@ -52,6 +52,7 @@ from shared.gc_tuning import hot_path_gc
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
+from shared.keys import PipelineKeys
 from shared.messages import (
     DeadLetter,
     Event,
@@ -347,7 +348,7 @@ class LearnerService:
         batches, so a pause never splits one."""
         try:
             raw: set[bytes] = self.store.client.smembers(  # type: ignore[assignment]
-                self.store.key(self._pipeline, SERVICE, "paused")
+                PipelineKeys(self._pipeline).learner_paused
             )
         except redis.RedisError as exc:
             log.warning("paused models not read", extra={"fields": {"error": str(exc)}})
@@ -850,6 +851,6 @@ class LearnerService:
                 fields[f"metric:{model}:{name}"] = value
                 self.metrics.model_metric.labels(model, name).set(value)
         try:
-            self.store.put_hash(self.store.key(self._pipeline, SERVICE, "status"), fields)
+            self.store.put_hash(PipelineKeys(self._pipeline).learner_status, fields)
         except Exception as exc:  # Redis down must not stop scoring; it is logged and retried
             log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from shared.keys import PipelineKeys
 from shared.messages import DriftAlert
 
 
@@ -19,7 +20,7 @@ class AlertStore:
             raise ValueError("keep must be >= 1")
         self.client = client
         self.keep = keep
-        base = f"headwater:{pipeline}:monitor:alerts"
+        base = PipelineKeys(pipeline).monitor_alerts
         self._index = base  # sorted set: alert id by event time
         self._data = f"{base}:data"  # hash: alert id -> the alert as JSON
 

@@ -1,6 +1,6 @@
 """Fenced, atomic checkpoint writes to Redis, with the last K versions kept (DESIGN §4).
 
-Layout under `headwater:<pipeline>:<service>:ckpt`:
+Layout under `headwater:<pipeline>:<owner>:ckpt` (shared/keys.py):
   :epoch      owner epoch; a new owner INCRs it, and only a write carrying it succeeds
   :seq        last version number handed out
   :latest     newest version
@@ -23,6 +23,7 @@ import redis
 
 from shared.checkpoint.codec import dumps, loads
 from shared.checkpoint.keys import CheckpointKeys
+from shared.keys import PipelineKeys
 
 _WRITE = """
 local base = KEYS[1]
@@ -82,7 +83,7 @@ class CheckpointStore:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.client = client
-        self.base = f"headwater:{pipeline}:{service}:ckpt"
+        self.base = PipelineKeys(pipeline).checkpoint(service)
         self.keys = key if isinstance(key, CheckpointKeys) else CheckpointKeys(key)
         self.keep = keep
         self._write = client.register_script(_WRITE)

@@ -19,6 +19,7 @@ from services.monitor.engine import DriftEngine
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
+from shared.keys import PipelineKeys
 from shared.messages import DriftAlert, Event, Lineage, Outcome
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -357,7 +358,7 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     stored = AlertStore(RedisStore.from_settings(settings).client, "drift").latest(10)
     assert [(a["alert_id"], a["action"]) for a in stored] == [(expected[0].alert_id, "reset")]
     redis_store = RedisStore.from_settings(settings)
-    status = redis_store.get_hash(redis_store.key("drift", "learner", "status"))
+    status = redis_store.get_hash(PipelineKeys("drift").learner_status)
     assert (status["drift_resets"], status["drift_trials"]) == ("1", "0"), status
 
 

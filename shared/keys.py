@@ -1,0 +1,83 @@
+"""Every Redis key Headwater uses, built in one place.
+
+All live under `headwater:<pipeline>:`, so several pipelines share one Redis and an ACL
+`~headwater:*` covers them:
+
+- `<owner>:ckpt:*`: checkpoint versions, epoch and latest (shared/checkpoint/store.py) of
+  each stateful owner: `learner`, `features-p<N>`, `ingest-events-p<N>`,
+  `monitor-<topic>-p<N>`, ...
+- `learner:status` (hash: role, counters, metrics), `learner:spec` (JSON of the spec it
+  runs), `learner:lease` (the active learner's lease): the learner.
+- `learner:paused`: set of paused models, written by the API for operators.
+- `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
+- `features:<entity>`: an entity's latest features, with a TTL (the features service).
+- `monitor:alerts` (+ `:data`): the latest drift alerts (the monitor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "headwater"
+
+
+@dataclass(frozen=True)
+class PipelineKeys:
+    pipeline: str
+
+    @property
+    def base(self) -> str:
+        return f"{ROOT}:{self.pipeline}"
+
+    def checkpoint(self, owner: str) -> str:
+        """Prefix of one owner's checkpoint keys (versions, epoch, latest)."""
+        return f"{self.base}:{owner}:ckpt"
+
+    @property
+    def learner_status(self) -> str:
+        return f"{self.base}:learner:status"
+
+    @property
+    def learner_spec(self) -> str:
+        return f"{self.base}:learner:spec"
+
+    @property
+    def learner_lease(self) -> str:
+        return f"{self.base}:learner:lease"
+
+    @property
+    def learner_paused(self) -> str:
+        return f"{self.base}:learner:paused"
+
+    def instance_status(self, service: str, instance: str) -> str:
+        """Counters of one instance of a partitioned service (ingest, features)."""
+        return f"{self.base}:{service}-status:{instance}"
+
+    @property
+    def entity_features(self) -> str:
+        """Prefix of the features store: one key per entity."""
+        return f"{self.base}:features:"
+
+    @property
+    def monitor_alerts(self) -> str:
+        return f"{self.base}:monitor:alerts"
+
+    def marks(self) -> list[str]:
+        """Keys whose presence shows the pipeline exists (a learner ran, or the monitor)."""
+        return [
+            self.learner_status,
+            f"{self.checkpoint('learner')}:latest",
+            self.monitor_alerts,
+            self.learner_spec,
+        ]
+
+
+def pipeline_patterns() -> list[str]:
+    """SCAN patterns that find every pipeline's marks, and its features instances."""
+    marks = PipelineKeys("*").marks()
+    return [*marks, PipelineKeys("*").instance_status("features", "*")]
+
+
+def pipeline_of(key: str) -> str:
+    """The pipeline a key belongs to."""
+    return key.split(":")[1]
