@@ -1,0 +1,181 @@
+"""Pipelines, their models' state and checkpoint history, and predictions."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from services.api import models as m
+from services.api.context import (
+    ERRORS,
+    ApiError,
+    Ctx,
+    ModelName,
+    PipelineName,
+    as_float,
+    as_int,
+    known_model,
+    known_pipeline,
+)
+from services.api.predictor import NoModelError
+from services.api.readers import parse_offsets, split_metrics
+from services.api.readers import status_metrics as metrics_of_status
+from services.learner.reaction import REACTION_COUNTS
+from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
+from shared.messages import MessageError
+from shared.messages.fields import feature_map
+
+router = APIRouter()
+
+# The learner's status fields of its drift reaction (services/learner/worker.core_status)
+REACTION_FIELDS = (*(f"drift_{name}" for name in REACTION_COUNTS), "drift_trials")
+
+
+@router.get("/pipelines", response_model=m.PipelineList, tags=["pipelines"], responses=ERRORS)
+def pipelines(ctx: Ctx) -> m.PipelineList:
+    """Pipelines with state in Redis (a learner, its checkpoints, or drift alerts)."""
+    return m.PipelineList(pipelines=ctx.reader.pipelines())
+
+
+@router.get(
+    "/pipelines/{pipeline}/models",
+    response_model=m.ModelList,
+    tags=["models"],
+    responses=ERRORS,
+)
+def models(ctx: Ctx, pipeline: PipelineName) -> m.ModelList:
+    known_pipeline(ctx, pipeline)
+    return m.ModelList(pipeline=pipeline, models=ctx.reader.models(pipeline))
+
+
+@router.get(
+    "/pipelines/{pipeline}/models/{model}",
+    response_model=m.ModelState,
+    tags=["models"],
+    responses=ERRORS,
+)
+def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelState:
+    """Version, spec, counters, metrics, last checkpoint, input offsets and lag,
+    pending labels and drift status of one model."""
+    known_model(ctx, pipeline, model)
+    reader = ctx.reader
+    status = reader.status(pipeline)
+    info = reader.latest(pipeline)
+    meta = info.meta if info is not None else {}
+    spec = reader.spec(pipeline) or {}
+    section = next(
+        (s for s in spec.get("models", []) if isinstance(s, dict) and s.get("name") == model),
+        None,
+    )
+    # The learner's status (written about once a second) unless the newest checkpoint
+    # is fresher, as right after a checkpoint on stopping.
+    written = info.created_at if info is not None else 0.0
+    live = status if as_float(status.get("updated_at")) >= written else {}
+    values = metrics_of_status(live, model) or dict(meta.get("metrics", {}).get(model, {}))
+    overall, rolling = split_metrics(values)
+    now = time.time()
+    checkpoint = (
+        None
+        if info is None
+        else m.Checkpoint(
+            version=info.version,
+            written_at=info.created_at,
+            age_seconds=max(0.0, now - info.created_at),
+            reason=str(meta.get("reason", "")),
+        )
+    )
+    inputs = []
+    for topic, partition, offset in parse_offsets(meta.get("offsets", {})):
+        high = ctx.watermarks.high(topic, partition)
+        lag = None if high is None else max(0, high - offset)
+        inputs.append(
+            m.InputOffset(
+                topic=topic,
+                partition=partition,
+                next_offset=offset,
+                high_watermark=high,
+                lag=lag,
+            )
+        )
+    alerts = [a for a in reader.alerts(pipeline, 1000) if a.get("model") == model]
+    return m.ModelState(
+        pipeline=pipeline,
+        model=model,
+        version=info.version if info is not None else None,
+        task=spec.get("task") or None,
+        spec=section,
+        learning="paused" if model in reader.paused(pipeline) else "learning",
+        running=reader.learner_running(status, now),
+        events_seen=as_int(live.get("events_seen", meta.get("events_seen"))),
+        labels_learned=as_int(live.get("labels_learned", meta.get("labels_learned"))),
+        pending_labels=as_int(live.get("pending", meta.get("pending"))),
+        metrics=m.Metrics(overall=overall, rolling=rolling),
+        last_checkpoint=checkpoint,
+        inputs=inputs,
+        drift=m.DriftStatus(
+            alerts=len(alerts),
+            latest=alerts[0] if alerts else None,
+            reactions={k: v for k in REACTION_FIELDS if (v := as_int(status.get(k))) is not None},
+        ),
+    )
+
+
+@router.get(
+    "/pipelines/{pipeline}/models/{model}/versions",
+    response_model=m.VersionList,
+    tags=["models"],
+    responses=ERRORS,
+)
+def versions(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.VersionList:
+    """Checkpoint history, newest first, with the model's metrics at each version."""
+    known_model(ctx, pipeline, model)
+    out = []
+    for info in ctx.reader.checkpoints(pipeline).versions():
+        meta = info.meta
+        overall, rolling = split_metrics(meta.get("metrics", {}).get(model, {}))
+        learned = meta.get("learned", {})
+        out.append(
+            m.Version(
+                version=info.version,
+                written_at=info.created_at,
+                reason=str(meta.get("reason", "")),
+                events_seen=as_int(meta.get("events_seen")),
+                labels_learned=as_int(meta.get("labels_learned")),
+                learned=as_int(learned.get(model)) if isinstance(learned, dict) else None,
+                metrics=m.Metrics(overall=overall, rolling=rolling),
+            )
+        )
+    return m.VersionList(pipeline=pipeline, model=model, versions=out)
+
+
+@router.post(
+    "/pipelines/{pipeline}/models/{model}/predict",
+    response_model=m.PredictResponse,
+    tags=["models"],
+    responses={**ERRORS, 422: {"model": m.ErrorResponse, "description": "Bad data."}},
+)
+def predict(
+    ctx: Ctx, pipeline: PipelineName, model: ModelName, body: m.PredictRequest
+) -> m.PredictResponse:
+    """A prediction on an event's data from the newest checkpoint; nothing is learned."""
+    known_model(ctx, pipeline, model)
+    try:
+        data = feature_map(body.data, "data")
+    except MessageError as exc:
+        raise ApiError(422, exc.reason, str(exc)) from exc
+    try:
+        answer = ctx.predictor.predict(ctx.reader.checkpoints(pipeline), pipeline, model, data)
+    except NoModelError as exc:
+        raise ApiError(404, "no_checkpoint", str(exc)) from exc
+    except (CheckpointTamperedError, CheckpointFormatError) as exc:
+        raise ApiError(503, "checkpoint_unreadable", str(exc)) from exc
+    except (ValueError, TypeError, KeyError) as exc:  # a value the model cannot take
+        raise ApiError(422, "model_refused", f"{type(exc).__name__}: {exc}") from exc
+    return m.PredictResponse(
+        pipeline=pipeline,
+        model=model,
+        version=answer.version,
+        prediction=answer.prediction,
+        proba=answer.proba,
+    )
