@@ -24,6 +24,7 @@ from services.replay.replayer import replay_file
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
+from shared.keys import PipelineKeys
 from shared.messages import DriftAlert, Event, Lineage
 from shared.redis_store import RedisStore
 from shared.settings import Settings
@@ -61,7 +62,7 @@ class Running:
 
     def status(self) -> dict[str, str]:
         redis = RedisStore.from_settings(self.settings)
-        return redis.get_hash(redis.key(PIPELINE, "learner", "status"))
+        return redis.get_hash(PipelineKeys(PIPELINE).learner_status)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import yaml
 from services.launch import start_service
 from services.replay.replayer import replay_file
 from shared.kafka import SafeProducer
+from shared.keys import PipelineKeys
 from shared.redis_store import RedisStore
 from shared.stack.processes import ManagedProcess, free_port, wait_for_port
 
@@ -111,7 +112,7 @@ def test_prometheus_scrapes_every_service_after_a_replay(scraped, ingest_setting
     producer.close()
     wait_until(
         lambda: (
-            redis.get_hash(redis.key(PIPELINE, "learner", "status")).get("labels_learned")
+            redis.get_hash(PipelineKeys(PIPELINE).learner_status).get("labels_learned")
             == str(EVENTS)
         ),
         f"the learner learning {EVENTS} labels",
