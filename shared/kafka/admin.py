@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in __all__
@@ -37,17 +38,35 @@ class Admin:
         self.errors: list[KafkaError] = []
         self.client = AdminClient(self.connection.config({"error_cb": self.errors.append}))
 
-    def unreachable(self, exc: KafkaException) -> TopicError:
-        """The error to raise when a request failed: why, if the broker said, by setting."""
+    def _refusal(self) -> TopicError | None:
         self.client.poll(0.1)  # serve the error callback
         for err in self.errors:
             reason = explain(err)
             if reason is not None:
                 return TopicError(f"cannot use the Kafka cluster at {self.connection}: {reason}")
-        return TopicError(
+        return None
+
+    def unreachable(self, exc: KafkaException) -> TopicError:
+        """The error to raise when a request failed: why, if the broker said, by setting."""
+        return self._refusal() or TopicError(
             f"broker at {self.connection} is unreachable ({exc.args[0].str()}); "
             + no_answer(self.connection)
         )
+
+    def topics(self, timeout: float) -> dict[str, Any]:
+        """The cluster's topics. Asked a second at a time, so that a refused login or
+        certificate stops it at once rather than at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return dict(self.client.list_topics(timeout=max(0.1, min(1.0, left))).topics)
+            except KafkaException as exc:
+                refused = self._refusal()
+                if refused is not None:
+                    raise refused from None
+                if left <= 1.0:
+                    raise self.unreachable(exc) from None
 
 
 def ensure_topics(
@@ -105,10 +124,7 @@ def require_topics(
     `written`: those of `names` the caller writes (else it reads them), for the ACL a
     refusal asks for."""
     admin = Admin(where)
-    try:
-        meta = admin.client.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise admin.unreachable(exc) from None
+    meta = admin.topics(timeout)
     missing = [n for n in names if n not in meta]
     # A topic this client may not describe is left out of the list; asked by name, the
     # broker says which it is.
