@@ -31,6 +31,12 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _connect(url: str, timeout_s: float, **tls: Any) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls
+    )
+
+
 def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     """A client from HEADWATER_REDIS_URL and the TLS file settings."""
     url = settings.redis_url.get_secret_value()
@@ -43,9 +49,7 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         }
         tls = {name: path for name, path in files.items() if path}
     try:
-        return redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls
-        )
+        return _connect(url, timeout_s, **tls)
     except ValueError as exc:  # its message would show the URL
         raise RedisUnavailableError(
             f"HEADWATER_REDIS_URL is not a Redis URL ({redacted(url)}): "
@@ -60,9 +64,7 @@ class RedisStore:
         self, url: str, *, timeout_s: float = 5.0, client: redis.Redis | None = None
     ) -> None:
         self.url = redacted(url)
-        self.client: redis.Redis = client or redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self.client: redis.Redis = client or _connect(url, timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:

@@ -186,3 +186,31 @@ def windowed_accuracy_in_process(spec_path: Path) -> str:
             accuracy.update(event.label, y_pred)
         model.learn_one(x, event.label)
     return str(accuracy)
+
+
+def champion_accuracy(
+    where: Any, topic: str, spec: Any, alive: Callable[[], bool], timeout: float = 180.0
+) -> tuple[int, str]:
+    """Distinct predictions of the spec's champion on Phishing, and its accuracy, read back
+    from `topic` and scored as the demo scores them."""
+    from services.demo.run import collect_predictions
+    from services.demo.scoring import dedupe, score
+    from services.replay.datasets import dataset_events
+    from shared.models.river_factory import default_metric
+
+    models = [m.name for m in spec.models]
+    predictions = collect_predictions(where, topic, 1, 1250, models, timeout, alive)
+    labels = {e.event_id: e.label for e in dataset_events("Phishing")}
+    preds = dedupe(predictions)[spec.champion]
+    metrics, _ = score(preds, labels, [default_metric(spec.task)])
+    return len(preds), str(metrics[0])
+
+
+def monitor_applied(port: int) -> float:
+    """The monitor's records applied so far, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'headwater_monitor_records_total\{outcome="applied"\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0

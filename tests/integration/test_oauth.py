@@ -4,31 +4,28 @@ identity provider's keys; ingest, the learner (librdkafka's OIDC login) and the 
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.demo.run import collect_predictions
-from services.demo.scoring import dedupe, score
 from services.launch import start_service
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from shared.kafka import ensure_topics
 from shared.kafka.connection import KafkaConnection
-from shared.models.river_factory import default_metric
 from shared.redis_store import RedisStore
 from shared.settings import Settings, TopicNames
+from shared.spec import load_spec
 from shared.stack import LocalStack
 from shared.stack.kafka_broker import KafkaBroker
 from shared.stack.local_stack import pipeline_topics
 from shared.stack.processes import free_port
 
 from .conftest import BROKER, ROOT, headwater
+from .helpers import champion_accuracy, monitor_applied, wait_until
 from .oidc import IdentityProvider
 
 pytestmark = [
@@ -105,37 +102,22 @@ def test_every_client_logs_in_with_oauth_client_credentials(
         result = headwater("replay", str(stream), env=env)
         assert result.returncode == 0, result.stderr
         settings = Settings(**{k.removeprefix("HEADWATER_").lower(): v for k, v in env.items()})
-        predictions = collect_predictions(
+        _, accuracy = champion_accuracy(
             KafkaConnection.from_settings(settings),
             topics.predictions,
-            1,
-            1250,
-            ["logreg", "hoeffding-tree", "vw-logistic"],
-            180,
+            load_spec(SPEC),
             lambda: all(p.alive() for p in procs.values()),
         )
-        labels = {e.event_id: e.label for e in dataset_events("Phishing")}
-        metrics, _ = score(dedupe(predictions)["logreg"], labels, [default_metric("binary")])
-        assert str(metrics[0]) == "Accuracy: 89.28%"
-        deadline = time.monotonic() + 60
-        while True:  # the monitor (aiokafka and Headwater's token provider) read the outcomes
-            text = (
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-                .read()
-                .decode()
-            )
-            applied = re.search(r'headwater_monitor_records_total\{outcome="applied"\} (\S+)', text)
-            if applied and float(applied.group(1)) >= 1250:
-                break
-            assert time.monotonic() < deadline, "the monitor applied too few outcomes"
-            time.sleep(0.5)
+        assert accuracy == "Accuracy: 89.28%"
+        # The monitor (aiokafka and Headwater's token provider) read the outcomes.
+        wait_until(lambda: monitor_applied(metrics_port) >= 1250, "the monitor's outcomes")
     finally:
         codes = {name: p.stop() for name, p in procs.items()}
     assert all(code == 0 for code in codes.values()), {
         name: procs[name].log_tail() for name, code in codes.items() if code
     }
     assert idp.issued.count(CLIENT) >= 4  # replay, ingest, learner, monitor, the reader
-    print(f"OAUTHBEARER: {metrics[0]!s}, {len(idp.issued)} tokens issued")
+    print(f"OAUTHBEARER: {accuracy}, {len(idp.issued)} tokens issued")
 
 
 def test_a_wrong_client_secret_stops_a_service_naming_the_oauth_settings(oauth):

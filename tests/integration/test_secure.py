@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.demo.run import collect_predictions
-from services.demo.scoring import dedupe, score
 from services.launch import start_service
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
@@ -29,7 +27,7 @@ from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import ensure_topics
 from shared.kafka.connection import KafkaConnection
-from shared.models.river_factory import default_metric
+from shared.keys import PipelineKeys
 from shared.redis_store import redis_client
 from shared.settings import Settings, TopicNames
 from shared.spec import PipelineSpec, load_spec
@@ -40,7 +38,12 @@ from shared.stack.processes import ManagedProcess, free_port, wait_for_port
 
 from .certs import PrivateCA
 from .conftest import BROKER, ROOT, headwater
-from .helpers import windowed_accuracy_in_process
+from .helpers import (
+    champion_accuracy,
+    monitor_applied,
+    wait_until,
+    windowed_accuracy_in_process,
+)
 from .secure_kafka import add_users, client_env, grant, revoke, secure_broker
 
 pytestmark = [
@@ -232,33 +235,15 @@ def replay(secure: SecureStack, topics: TopicNames, prefix: str, stream: Path) -
 def predictions_accuracy(
     secure: SecureStack, topics: TopicNames, procs: dict, spec: PipelineSpec
 ) -> tuple[int, str]:
-    """Distinct predictions of the champion, and its accuracy, as the demo scores them."""
     reader = KafkaConnection.from_settings(secure.settings("reader", topics, "reader"))
-    predictions = collect_predictions(
-        reader,
-        topics.predictions,
-        1,
-        1250,
-        [m.name for m in spec.models],
-        180,
-        lambda: all(p.alive() for p in procs.values()),
+    return champion_accuracy(
+        reader, topics.predictions, spec, lambda: all(p.alive() for p in procs.values())
     )
-    labels = {e.event_id: e.label for e in dataset_events("Phishing")}
-    preds = dedupe(predictions)[spec.champion]
-    metrics, _ = score(preds, labels, [default_metric("binary")])
-    return len(preds), str(metrics[0])
 
 
 def scrape(port: int, path: str = "/metrics") -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
         return response.read().decode()
-
-
-def wait_for(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def redis_admin(secure: SecureStack) -> redis.Redis:
@@ -340,12 +325,7 @@ def test_the_pipeline_runs_on_sasl_ssl_and_tls_redis_with_the_readme_acls_and_hi
         expected = "Accuracy: 89.28%" if spec.features is None else None
         assert accuracy == (expected or windowed_accuracy_in_process(spec_path))
 
-        def monitor_applied() -> float:
-            text = scrape(ports["monitor"])
-            found = re.search(r'headwater_monitor_records_total\{outcome="applied"\} (\S+)', text)
-            return float(found.group(1)) if found else 0.0
-
-        wait_for(lambda: monitor_applied() >= 1250, "the monitor to apply the outcomes")
+        wait_until(lambda: monitor_applied(ports["monitor"]) >= 1250, "the monitor's outcomes")
 
         def model_state() -> dict:
             url = f"http://127.0.0.1:{api_port}/pipelines/{spec.name}/models/logreg"
@@ -353,7 +333,7 @@ def test_the_pipeline_runs_on_sasl_ssl_and_tls_redis_with_the_readme_acls_and_hi
                 return json.load(response)
 
         # Input offsets come from a checkpoint: the learner writes one within its 2 s cadence.
-        wait_for(lambda: model_state()["inputs"], "the API to show a checkpoint's inputs")
+        wait_until(lambda: model_state()["inputs"], "the API to show a checkpoint's inputs")
         state = model_state()
         assert state["events_seen"] == 1250, state
         # The API's own Kafka client (its Describe ACLs) answered for every input.
@@ -374,7 +354,7 @@ def test_the_pipeline_runs_on_sasl_ssl_and_tls_redis_with_the_readme_acls_and_hi
     assert "/pipelines/{pipeline}/models" in texts["/openapi.json"]
     assert "headwater_monitor_records_total" in texts["monitor metrics"]
     assert all(texts[f"{name} log"] for name in [*services, "api"])
-    assert f"headwater:{spec.name}:learner:ckpt" in texts["redis"]
+    assert PipelineKeys(spec.name).checkpoint("learner") in texts["redis"]
     leaks = [
         f"{what} in {where}"
         for what, value in secure.secrets().items()
@@ -455,9 +435,8 @@ def test_a_refused_connection_stops_a_service_within_30_s_naming_the_setting(
     print(f"{case}: exit 1 after {took:.1f}s: {error}")
 
 
-def learner_assigned(secure: SecureStack, topics: TopicNames, prefix: str, pipeline: str) -> bool:
-    client = redis_client(secure.settings("learner", topics, prefix))
-    status = client.hgetall(f"headwater:{pipeline}:learner:status")
+def learner_assigned(client: redis.Redis, pipeline: str) -> bool:
+    status = client.hgetall(PipelineKeys(pipeline).learner_status)
     return int(status.get(b"assigned_partitions", 0)) > 0
 
 
@@ -475,11 +454,12 @@ def test_an_acl_removed_mid_stream_stops_that_service_with_the_permission_and_lo
     procs = {name: start_service(name, SPEC, secure.env(name, topics, prefix)) for name in SERVICES}
     write_predictions = [("TOPIC", topics.predictions, "LITERAL", "WRITE")]
     try:
-        wait_for(lambda: learner_assigned(secure, topics, prefix, spec.name), "the learner")
+        learner_redis = redis_client(secure.settings("learner", topics, prefix))
+        wait_until(lambda: learner_assigned(learner_redis, spec.name), "the learner")
         revoke(secure.broker, "learner", write_predictions)
         replay(secure, topics, prefix, stream)
         replayed = time.monotonic()
-        wait_for(lambda: not procs["learner"].alive(), "the learner to stop", timeout=60)
+        wait_until(lambda: not procs["learner"].alive(), "the learner to stop", timeout=60)
         took = time.monotonic() - replayed
         log = procs["learner"].log_path.read_text()
         assert procs["learner"].proc.returncode == 1, log[-2000:]
