@@ -109,7 +109,7 @@ def service_rate(stack: LocalStack, topics: TopicNames, n: int, timeout: float =
     service = build_ingest(settings, parse_spec(SPEC, "bench"))
 
     def processed() -> int:
-        return sum(o.state.counts["in"] for o in list(service.owned.values()))
+        return sum(o.state.saved.counts["in"] for o in list(service.owned.values()))
 
     return timed_rate(service.run, processed, service.producer, n, timeout)
 

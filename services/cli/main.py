@@ -303,10 +303,9 @@ def main() -> None:
     """Console-script entry point: expected errors print one clear line, not a traceback."""
     from services.demo.run import DemoError
     from services.features.app import FeaturesConfigError
-    from services.features.service import FeaturesFencedError
     from services.ingest.app import IngestConfigError
-    from services.ingest.service import IngestDefectError, IngestFencedError
-    from services.learner.checkpointing import FencedError, SpecMismatchError
+    from services.ingest.service import IngestDefectError
+    from services.learner.checkpointing import SpecMismatchError
     from services.learner.worker import WorkerError
     from services.replay.datasets import DatasetError
     from services.replay.recorded import RecordedStreamError
@@ -317,6 +316,7 @@ def main() -> None:
     from shared.kafka.connection import KafkaSettingsError
     from shared.kafka.consumer import ConsumerConfigError
     from shared.redis_store import RedisUnavailableError
+    from shared.runtime.ownership import FencedError
     from shared.settings import SettingsError
     from shared.spec import SpecError
     from shared.stack import StackError
@@ -336,9 +336,7 @@ def main() -> None:
         BinaryNotFoundError,
         SettingsError,
         FeaturesConfigError,
-        FeaturesFencedError,
         IngestConfigError,
-        IngestFencedError,
         IngestDefectError,  # its tracebacks are in the log, one per record
         FencedError,
         SpecMismatchError,

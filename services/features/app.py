@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import threading
 
-from confluent_kafka import TopicPartition
-
 from services.features.engine import FeatureEngine
 from services.features.service import FeaturesService, features_metrics
 from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.kafka.connection import KafkaConnection
+from shared.keys import PipelineKeys
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
+from shared.runtime.partitioned import instance_name
+from shared.runtime.status import StatusWriter
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
@@ -41,32 +42,15 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
     redis.ping()
     metrics = ServiceMetrics("features")
     metrics.serve(settings.metrics_port)
-    service: FeaturesService | None = None
-
-    def assigned(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_assign(partitions)
-
-    def revoked(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_revoke(partitions)
-
-    def lost(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_lost(partitions)
-
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
         topics=[topics.events_valid],
         session_timeout_ms=settings.session_timeout_ms,
         group_protocol=settings.group_protocol,
-        on_assign=assigned,
-        on_revoke=revoked,
-        on_lost=lost,
     )
-    service = FeaturesService(
-        spec.name,
+    status_key = PipelineKeys(spec.name).instance_status("features", instance_name())
+    return FeaturesService(
         FeatureEngine(spec.features),
         consumer,
         SafeProducer(kafka),
@@ -75,9 +59,9 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
             redis.client, spec.name, f"features-p{p}", keys, keep=settings.checkpoints_kept
         ),
         settings,
-        metrics=features_metrics(metrics),
+        features_metrics(metrics),
+        StatusWriter(redis.client, status_key),
     )
-    return service
 
 
 def run_features(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:

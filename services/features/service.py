@@ -1,37 +1,31 @@
-"""The features service's Kafka loop: per-partition window state, checkpointed per partition.
+"""The features service: per-partition window state on the stream runtime (shared/runtime/).
 
-Partitions are group-managed (the service scales with them). On assignment each partition
-takes a new epoch in its own checkpoint store, restores its window state and seeks to the
-stored offset; on revocation it is checkpointed first. Outputs go to the same partition
-number of the features topic, so an entity's features, events and labels stay co-partitioned.
+Partitions are group-managed (the service scales with them); each has its own checkpoint of
+its window state. Outputs go to the same partition number of the features topic, so an
+entity's features, events and labels stay co-partitioned.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message
 
 from services.features.engine import FeatureEngine, PartitionState
 from services.features.store import FeatureStore
-from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
+from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
-from shared.kafka.closing import close_all
-from shared.kafka.consumer import checkpoint_on_revoke
-from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
-from shared.keys import PipelineKeys
-from shared.messages import DeadLetter, Event, FeatureRecord, Lineage, MessageError
+from shared.messages import Event, FeatureRecord, Lineage, MessageError
 from shared.messages.fast_event import fast_valid_event
 from shared.metrics import ServiceMetrics, StreamMetrics
+from shared.runtime.dead_letters import DeadLetters
+from shared.runtime.ownership import Owned, StateKind
+from shared.runtime.partitioned import Partition, PartitionedService
+from shared.runtime.status import Fields, StatusWriter
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,127 +39,77 @@ def features_metrics(m: ServiceMetrics) -> StreamMetrics:
     )
 
 
-class FeaturesFencedError(RuntimeError):
-    pass
+class WindowState(StateKind[Partition, PartitionState]):
+    """A partition's windows, checkpointed with its next offset as `(state, next_offset)`."""
+
+    service = SERVICE
+
+    def __init__(self, stores: Callable[[int], CheckpointStore]) -> None:
+        self._stores = stores
+
+    def store(self, key: Partition) -> CheckpointStore:
+        return self._stores(key[1])
+
+    def fresh(self, key: Partition) -> tuple[PartitionState, int]:
+        return PartitionState(), OFFSET_BEGINNING
+
+    def meta(self, key: Partition, owned: Owned[PartitionState]) -> dict[str, int]:
+        state = owned.state
+        return {
+            "next_offset": owned.next_offset,
+            "entities": len(state.entities),
+            "late": state.late,
+            "expired": state.expired,
+        }
 
 
-@dataclass
-class Owned:
-    """A partition this instance owns: its checkpoint store, epoch and next offset."""
+class FeaturesService(PartitionedService[PartitionState]):
+    name = SERVICE
 
-    store: CheckpointStore
-    epoch: int
-    next_offset: int
-    since_checkpoint: int = 0
-
-
-@dataclass
-class FeaturesService:
-    pipeline: str
-    engine: FeatureEngine
-    consumer: BatchConsumer
-    producer: SafeProducer
-    feature_store: FeatureStore
-    checkpoint_store: Callable[[int], CheckpointStore]  # one store per partition
-    settings: Settings
-    owned: dict[int, Owned] = field(default_factory=dict)
-    last_checkpoint: float = field(default_factory=time.monotonic)
-    emitted: int = 0
-    dead_lettered: int = 0
-    closing: bool = False
-    status_at: float = 0.0
-    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    metrics: StreamMetrics = field(
-        default_factory=lambda: features_metrics(ServiceMetrics(SERVICE)), repr=False
-    )
-
-    def __post_init__(self) -> None:
-        self.lag = ConsumerLag(self.metrics.consumer_lag)
-        self.metrics.checkpoint.unsaved = self._unsaved
+    def __init__(
+        self,
+        engine: FeatureEngine,
+        consumer: BatchConsumer,
+        producer: SafeProducer,
+        feature_store: FeatureStore,
+        stores: Callable[[int], CheckpointStore],  # one per partition
+        settings: Settings,
+        metrics: StreamMetrics,
+        status: StatusWriter | None = None,
+    ) -> None:
+        super().__init__(WindowState(stores), consumer, producer, settings, metrics, status)
+        self.engine = engine
+        self.feature_store = feature_store
+        self.dead_letters = DeadLetters(
+            SERVICE, settings.topics.events_dlq, metrics, producer.produce
+        )
+        self.emitted = 0
         # bound once: the counters move once per batch
-        self._applied = self.metrics.records.labels("applied")
-        self._emitted_out = self.metrics.records_out.labels(self.settings.topics.features)
+        self._applied = metrics.records.labels("applied")
+        self._emitted_out = metrics.records_out.labels(settings.topics.features)
 
-    def on_assign(self, partitions: list[TopicPartition]) -> None:
-        """New epoch, restore, seek: per partition (DESIGN §4)."""
-        seeks = []
-        for tp in partitions:
-            store = self.checkpoint_store(tp.partition)
-            epoch = store.new_epoch()
-            try:
-                info, (state, next_offset) = store.load()
-                log.info(
-                    "partition restored",
-                    extra={"fields": {"partition": tp.partition, "version": info.version}},
-                )
-            except CheckpointNotFoundError:
-                state, next_offset = PartitionState(), OFFSET_BEGINNING
-            self.engine.partitions[tp.partition] = state
-            self.owned[tp.partition] = Owned(store, epoch, next_offset)
-            seeks.append(TopicPartition(tp.topic, tp.partition, next_offset))
-        self.consumer.assign_exact(seeks)
+    def assigned(self, key: Partition, owned: Owned[PartitionState]) -> None:
+        self.engine.partitions[key[1]] = owned.state
 
-    def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Checkpoint (unless the broker cannot take it now), then let go."""
-        if not self.closing:
-            mine = [tp.partition for tp in partitions if tp.partition in self.owned]
-            checkpoint_on_revoke(lambda: self.checkpoint(mine, "revoke"))
-        self.on_lost(partitions)
+    def released(self, keys: list[Partition]) -> None:
+        for _, partition in keys:
+            self.engine.partitions.pop(partition, None)
 
-    def on_lost(self, partitions: list[TopicPartition]) -> None:
-        """Let go without a checkpoint: the group gave the partitions to another already."""
-        for tp in partitions:
-            self.owned.pop(tp.partition, None)
-            self.engine.partitions.pop(tp.partition, None)
+    def idle(self) -> None:
+        self._update_feature_store()  # the store catches up now
 
-    def run(self, stop: threading.Event) -> None:
-        log.info("features service running", extra={"fields": {"pipeline": self.pipeline}})
-        try:
-            while not stop.is_set():
-                batch = self.consumer.poll_batch(
-                    self.settings.batch_size, self.settings.poll_timeout_s
-                )
-                if batch:
-                    self.handle_batch(batch)
-                else:
-                    self._update_feature_store()  # idle: the store catches up now
-                self.producer.poll()
-                self.lag.update(self.consumer, self._handled)
-                if self._due():
-                    try:
-                        self.checkpoint(list(self.owned), "cadence")
-                    except redis.RedisError as exc:  # retried at the next cadence
-                        log.error(
-                            "checkpoint failed; will retry", extra={"fields": {"error": str(exc)}}
-                        )
-                        self.last_checkpoint = time.monotonic()
-                self.publish_status(force=False)
-            self.checkpoint(list(self.owned), "shutdown")
-            self._update_feature_store()
-            self.publish_status(force=True)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Release the clients: `run` does on its way out; a caller that drives the service
-        by hand (tests) calls it once instead."""
-        self.closing = True  # leaving the group revokes partitions: already checkpointed
-        close_all(self.consumer.close, self.producer.close)
-
-    def _handled(self) -> dict[tuple[str, int], int]:
-        topic = self.settings.topics.events_valid
-        return {(topic, p): owned.next_offset for p, owned in self.owned.items()}
+    def stopped(self) -> None:
+        self._update_feature_store()
 
     def handle_batch(self, batch: list[Message]) -> None:
-        started = time.perf_counter()
         latest: dict[str, bytes] = {}  # per entity, its last record: the store's value
         # names bound once per batch: this loop runs per record
-        owned_get, process, produce = self.owned.get, self.engine.process, self.producer.produce
+        owned_get, process, produce = self.ownership.get, self.engine.process, self.producer.produce
         out_topic, max_bytes = self.settings.topics.features, self.settings.max_message_bytes
         emitted = 0
         for msg in batch:
             topic, partition, offset = position(msg)
-            owned = owned_get(partition)
+            owned = owned_get((topic, partition))
             if owned is None:  # revoked meanwhile
                 self.metrics.records.labels("skipped_revoked").inc()
                 continue
@@ -175,14 +119,14 @@ class FeaturesService:
                 event = fast_valid_event(raw, max_bytes) or self._event(raw)
                 computed = process(partition, event)
             except (CodecError, MessageError) as exc:
-                self.dead_letter(lineage, msg, exc.reason, str(exc))
+                self._dead_letter(lineage, msg, exc.reason, str(exc))
             except Exception as exc:  # never a crash loop on one record
                 log.exception("features failed on a record", extra={"fields": {"offset": offset}})
-                self.dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
+                self._dead_letter(lineage, msg, "feature_error", f"{type(exc).__name__}: {exc}")
             else:
                 value = encode(FeatureRecord(event, computed[0], computed[1], lineage))
                 if len(value) > max_bytes:  # the event and its features: more than the event
-                    self.dead_letter(
+                    self._dead_letter(
                         lineage,
                         msg,
                         "too_large",
@@ -195,13 +139,18 @@ class FeaturesService:
                     latest[entity] = value
                     emitted += 1
             owned.next_offset = offset + 1
-            owned.since_checkpoint += 1
+            owned.unsaved += 1
         self.emitted += emitted
         self._update_feature_store(latest)
         if emitted:
             self._applied.inc(emitted)
             self._emitted_out.inc(emitted)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _dead_letter(self, lineage: Lineage, msg: Message, reason: str, message: str) -> None:
+        key = msg.key()
+        self.dead_letters.send(
+            lineage, msg.value(), key if isinstance(key, bytes) else None, reason, message
+        )
 
     def _update_feature_store(self, latest: dict[str, bytes] | None = None) -> None:
         """Send a batch's latest records (settling the previous write), or, with none, wait
@@ -219,87 +168,14 @@ class FeaturesService:
         """The full route, for what the msgspec fast path declined: it names the defect."""
         return Event.from_wire(decode(raw, self.settings.max_message_bytes))
 
-    def publish_status(self, force: bool) -> None:
-        """Progress for operators: per instance, what it owns and how its windows fare."""
-        now = time.monotonic()
-        if not force and now - self.status_at < 1.0:
-            return
-        self.status_at = now
-        states = [self.engine.partitions[p] for p in self.owned if p in self.engine.partitions]
-        fields: dict[str, str | int | float] = {
-            "partitions": ",".join(str(p) for p in sorted(self.owned)),
+    def status_fields(self) -> Fields:
+        """What this instance owns and how its windows fare."""
+        states = [owned.state for owned in self.owned.values()]
+        return {
+            "partitions": ",".join(str(p) for _, p in sorted(self.owned)),
             "emitted": self.emitted,
-            "dead_letters": self.dead_lettered,
+            "dead_letters": self.dead_letters.sent,
             "entities": sum(len(s.entities) for s in states),
             "late": sum(s.late for s in states),
             "expired": sum(s.expired for s in states),
-            "updated_at": time.time(),
         }
-        key = PipelineKeys(self.pipeline).instance_status("features", self.instance)
-        try:
-            self.feature_store.client.hset(key, mapping=fields)  # type: ignore[arg-type]
-            self.feature_store.client.expire(key, 300)
-        except Exception as exc:  # a Redis blip must not stop the stream; retried next second
-            log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
-
-    def dead_letter(self, lineage: Lineage, msg: Message, reason: str, message: str) -> None:
-        envelope = DeadLetter.of(
-            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, msg.value()
-        )
-        key = msg.key()
-        self.producer.produce(
-            self.settings.topics.events_dlq,
-            encode(envelope.to_wire()),
-            key if isinstance(key, bytes) else None,
-        )
-        self.dead_lettered += 1
-        self.metrics.records.labels("dead_lettered").inc()
-        self.metrics.records_out.labels(self.settings.topics.events_dlq).inc()
-        self.metrics.dead_letters.labels(reason).inc()
-
-    def _unsaved(self) -> int:
-        return sum(o.since_checkpoint for o in list(self.owned.values()))
-
-    def _due(self) -> bool:
-        records = sum(o.since_checkpoint for o in self.owned.values())
-        elapsed = time.monotonic() - self.last_checkpoint
-        return records > 0 and (
-            records >= self.settings.checkpoint_every_records
-            or elapsed >= self.settings.checkpoint_interval_s
-        )
-
-    def checkpoint(self, partitions: list[int], reason: str) -> None:
-        """Flush outputs, then each partition's state with its next offset (fenced)."""
-        started = time.perf_counter()
-        self.producer.flush()
-        for p in partitions:
-            owned = self.owned[p]
-            state = self.engine.partitions.get(p, PartitionState())
-            meta = {
-                "reason": reason,
-                "next_offset": owned.next_offset,
-                "entities": len(state.entities),
-                "late": state.late,
-                "expired": state.expired,
-            }
-            try:
-                owned.store.write(owned.epoch, (state, owned.next_offset), meta)
-            except StaleEpochError as exc:
-                raise FeaturesFencedError(
-                    f"partition {p} is owned by another instance: {exc}"
-                ) from exc
-            owned.since_checkpoint = 0
-        topic = self.settings.topics.events_valid
-        self.consumer.store(
-            {
-                (topic, p): self.owned[p].next_offset - 1
-                for p in partitions
-                if self.owned[p].next_offset > 0
-            }
-        )
-        self.last_checkpoint = time.monotonic()
-        if partitions:
-            self.metrics.checkpoint.written(
-                time.perf_counter() - started,
-                sum(owned.store.last_bytes for owned in self.owned.values()),
-            )

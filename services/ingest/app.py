@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 
-from confluent_kafka import TopicPartition
-
 from services.ingest.service import IngestService, ingest_metrics
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.kafka.connection import KafkaConnection
+from shared.keys import PipelineKeys
 from shared.metrics import ServiceMetrics
 from shared.redis_store import RedisStore
+from shared.runtime.partitioned import instance_name
+from shared.runtime.status import StatusWriter
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
@@ -39,44 +40,26 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
     redis.ping()
     metrics = ServiceMetrics("ingest")
     metrics.serve(settings.metrics_port)
-    service: IngestService | None = None
-
-    def assigned(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_assign(partitions)
-
-    def revoked(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_revoke(partitions)
-
-    def lost(partitions: list[TopicPartition]) -> None:
-        assert service is not None
-        service.on_lost(partitions)
-
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.ingest",
         topics=inputs,
         session_timeout_ms=settings.session_timeout_ms,
         group_protocol=settings.group_protocol,
-        on_assign=assigned,
-        on_revoke=revoked,
-        on_lost=lost,
     )
-    service = IngestService(
-        spec.name,
+    status_key = PipelineKeys(spec.name).instance_status("ingest", instance_name())
+    return IngestService(
         spec.ingest,
         consumer,
         SafeProducer(kafka),
-        redis.client,
         lambda kind, p: CheckpointStore(
             redis.client, spec.name, f"ingest-{kind}s-p{p}", keys, keep=settings.checkpoints_kept
         ),
         settings,
         kafka,
         ingest_metrics(metrics),
+        StatusWriter(redis.client, status_key),
     )
-    return service
 
 
 def run_ingest(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:

@@ -1,32 +1,26 @@
-"""The learner's side of DESIGN §4: restore on taking ownership, checkpoint as a sequence.
+"""The learner's state on the stream runtime (shared/runtime/): one unit, the pipeline.
 
-A checkpoint is three named steps, in this order:
-  1. flush_outputs       every prediction of the records applied so far is delivered;
-  2. persist_state       models, metrics, pending labels and the next input offsets go to
-                         Redis in one fenced, atomic write (a stale owner is refused);
-  3. acknowledge_offsets the same offsets are stored in Kafka (advisory: restores use the
-                         checkpoint's own).
+The lease holder owns every input partition, so its whole state (models, metrics, pending
+labels, the next offset of every input partition) is one checkpoint; the runtime's sequence
+writes it (flush outputs, fenced write, acknowledge offsets).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING
+
 from services.learner.core import LearnerCore
 from services.learner.reaction import carried_over
-from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
-from shared.kafka import BatchConsumer, SafeProducer
+from shared.checkpoint.store import CheckpointInfo, CheckpointStore
+from shared.runtime.ownership import Offsets, Owned, StateKind
 
 log = logging.getLogger(__name__)
 
-Offsets = dict[tuple[str, int], int]
-
-
-class FencedError(RuntimeError):
-    """Another learner took over this pipeline; this one must stop acting as its owner."""
+PIPELINE = "pipeline"  # the learner's one unit of state
 
 
 class SpecMismatchError(RuntimeError):
@@ -44,67 +38,50 @@ class LearnerState:
     source_hwm: Offsets = field(default_factory=dict)
 
 
-def restore(store: CheckpointStore, fresh: LearnerCore) -> tuple[LearnerState, int]:
-    """The newest checkpoint (HMAC verified before unpickling), or a fresh state."""
-    try:
-        info, state = store.load()
-    except CheckpointNotFoundError:
+class LearnerStateKind(StateKind[str, LearnerState]):
+    """Checkpointed as the `LearnerState` itself."""
+
+    service = "learner"
+    unit = "pipeline"
+
+    def __init__(self, store: CheckpointStore, fresh: LearnerCore) -> None:
+        self._store = store
+        self._fresh = fresh
+
+    def store(self, key: str) -> CheckpointStore:
+        return self._store
+
+    def fresh(self, key: str) -> tuple[LearnerState, int]:
         log.info("no checkpoint yet: starting fresh from the beginning of the inputs")
-        return LearnerState(fresh), 0
-    if not isinstance(state, LearnerState):
-        raise SpecMismatchError(f"checkpoint v{info.version} does not hold learner state")
-    have, want = list(state.core.models), list(fresh.models)
-    if have != want or state.core.task != fresh.task:
-        raise SpecMismatchError(
-            f"checkpoint v{info.version} holds models {have} for task {state.core.task!r}; "
-            f"the spec declares {want} for {fresh.task!r}. Use a new pipeline name, or delete "
-            f"the pipeline's checkpoints ({store.base}:*) to start over"
+        return LearnerState(self._fresh), OFFSET_BEGINNING
+
+    def thaw(self, key: str, saved: Any, info: CheckpointInfo) -> tuple[LearnerState, int]:
+        """Refused unless it holds the spec's models for the spec's task."""
+        if not isinstance(saved, LearnerState):
+            raise SpecMismatchError(f"checkpoint v{info.version} does not hold learner state")
+        fresh = self._fresh
+        have, want = list(saved.core.models), list(fresh.models)
+        if have != want or saved.core.task != fresh.task:
+            raise SpecMismatchError(
+                f"checkpoint v{info.version} holds models {have} for task {saved.core.task!r}; "
+                f"the spec declares {want} for {fresh.task!r}. Use a new pipeline name, or "
+                f"delete the pipeline's checkpoints ({self._store.base}:*) to start over"
+            )
+        saved.core.model_version = info.version
+        saved.core.reactions = carried_over(saved.core.reactions, fresh.reactions)
+        log.info(
+            "restored checkpoint",
+            extra={"fields": {"version": info.version, "events_seen": saved.core.events_seen}},
         )
-    state.core.model_version = info.version
-    state.core.reactions = carried_over(state.core.reactions, fresh.reactions)
-    log.info(
-        "restored checkpoint",
-        extra={"fields": {"version": info.version, "events_seen": state.core.events_seen}},
-    )
-    return state, info.version
+        return saved, OFFSET_BEGINNING  # the offsets are per partition, in the state
 
+    def freeze(self, key: str, owned: Owned[LearnerState]) -> LearnerState:
+        return owned.state
 
-@dataclass
-class Checkpointer:
-    store: CheckpointStore
-    producer: SafeProducer
-    consumer: BatchConsumer
-    epoch: int
-    every_records: int
-    interval_s: float
-    records_since: int = 0
-    last_at: float = field(default_factory=time.monotonic)
-    last_seconds: float = 0.0
-    last_bytes: int = 0
-
-    def due(self) -> bool:
-        return (
-            self.records_since >= self.every_records
-            or time.monotonic() - self.last_at >= self.interval_s
-        ) and self.records_since > 0
-
-    def checkpoint(self, state: LearnerState, reason: str) -> int:
-        started = time.perf_counter()
-        self.flush_outputs()
-        version = self.persist_state(state, reason)
-        self.acknowledge_offsets(state.offsets)
-        self.records_since = 0
-        self.last_at = time.monotonic()
-        self.last_seconds = time.perf_counter() - started
-        return version
-
-    def flush_outputs(self) -> None:
-        self.producer.flush()
-
-    def persist_state(self, state: LearnerState, reason: str) -> int:
+    def meta(self, key: str, owned: Owned[LearnerState]) -> dict[str, Any]:
+        state = owned.state
         core = state.core
-        meta: dict[str, Any] = {
-            "reason": reason,
+        return {
             "events_seen": core.events_seen,
             "labels_learned": core.labels_learned,
             "learned": core.learned,
@@ -112,14 +89,9 @@ class Checkpointer:
             "metrics": core.metric_values(),
             "offsets": {f"{t}[{p}]": o for (t, p), o in state.offsets.items()},
         }
-        try:
-            version = self.store.write(self.epoch, state, meta)
-        except StaleEpochError as exc:
-            raise FencedError(
-                f"checkpoint refused, another learner owns the pipeline: {exc}"
-            ) from exc
-        core.model_version = version
-        return version
 
-    def acknowledge_offsets(self, offsets: Offsets) -> None:
-        self.consumer.store({key: offset - 1 for key, offset in offsets.items() if offset > 0})
+    def offsets(self, key: str, owned: Owned[LearnerState]) -> Offsets:
+        return owned.state.offsets
+
+    def persisted(self, key: str, owned: Owned[LearnerState], version: int) -> None:
+        owned.state.core.model_version = version

@@ -25,7 +25,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.learner.checkpointing import Checkpointer, FencedError, LearnerState, restore
+from services.learner.checkpointing import PIPELINE, LearnerState, LearnerStateKind
 from services.learner.core import (
     LearnerCore,
     MetricPlan,
@@ -54,7 +54,6 @@ from shared.kafka.lag import ConsumerLag
 from shared.kafka.position import position
 from shared.keys import PipelineKeys
 from shared.messages import (
-    DeadLetter,
     Event,
     FeatureRecord,
     Label,
@@ -67,6 +66,10 @@ from shared.messages.fast_event import WireEvent, fast_valid_wire
 from shared.metrics import LATENCY_BUCKETS, BulkHistogram, ServiceMetrics, StreamMetrics
 from shared.ordering import OrderedMerge, OrderKey
 from shared.redis_store import RedisStore
+from shared.runtime.checkpoints import Checkpoints
+from shared.runtime.dead_letters import DeadLetters
+from shared.runtime.ownership import FencedError, Owned, Ownership
+from shared.runtime.status import StatusWriter
 from shared.settings import Settings
 from shared.spec.labels import check_label
 
@@ -158,6 +161,8 @@ class LearnerService:
         status_interval_s: float = 1.0,
     ) -> None:
         self.state = LearnerState(fresh)
+        self.ownership = Ownership(LearnerStateKind(checkpoints, fresh))
+        self._unit: Owned[LearnerState] | None = None  # the state, once this one is active
         self._fresh = fresh  # the spec's models, unfed: small
         self._start_worker = start_worker
         self.worker: ModelWorker | None = None
@@ -176,7 +181,22 @@ class LearnerService:
         self.store = store
         # As last applied to the worker; None: not yet since this instance became active.
         self._paused_models: frozenset[str] | None = None
-        self.checkpoints = checkpoints
+        self.checkpoint_store = checkpoints
+        # A standby owns nothing: its checkpoint age stays 0, not an alert.
+        self.checkpoints = Checkpoints(
+            self.ownership,
+            metrics.stream.checkpoint,
+            settings.checkpoint_every_records,
+            settings.checkpoint_interval_s,
+            producer.flush,
+            consumer.store,
+        )
+        self.dead_letters = DeadLetters(
+            SERVICE, settings.topics.events_dlq, metrics.stream, producer.produce
+        )
+        self.status = StatusWriter(
+            store.client, PipelineKeys(fresh.pipeline).learner_status, ttl_s=None
+        )
         self.lease = lease
         self.input_partitions = input_partitions
         self.metrics = metrics
@@ -185,13 +205,11 @@ class LearnerService:
         self.max_buffered = 20 * settings.batch_size
         self._events_topic = settings.topics.events_valid
         self._max_bytes = settings.max_message_bytes
-        self.checkpointer: Checkpointer | None = None
         self.role = "standby"
         self._paused: set[tuple[str, int]] = set()
         self._last_order: dict[tuple[str, int], tuple[float, int, int, int]] = {}
         self._status_at = 0.0
         self._renewed_at = 0.0
-        self.dead_lettered = 0
         # Per-record counts, added to the Prometheus counters once per release (cheaper).
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
         self._scored = 0  # events scored (one prediction per model each) since the last tally
@@ -202,10 +220,6 @@ class LearnerService:
         self._label_lags: list[int] = []  # of the labels joined since the last tally
         self._counters: dict[tuple[str, str], Counter] = {}  # the tally's, bound once
         self.lag = ConsumerLag(metrics.stream.consumer_lag)
-        # A standby applies nothing: its checkpoint age stays 0, not an alert.
-        metrics.stream.checkpoint.unsaved = lambda: (
-            0 if self.checkpointer is None else self.checkpointer.records_since
-        )
         # Latency samples: per input partition of events, (offset, Kafka timestamp in s) of
         # sampled records, observed once a published batch has passed their offset.
         self._source_topic = next(
@@ -261,8 +275,8 @@ class LearnerService:
 
     def take_ownership(self) -> None:
         """New epoch first (fencing any older owner), then restore and seek."""
-        epoch = self.checkpoints.new_epoch()
-        self.state, version = restore(self.checkpoints, self.core)
+        unit = self._unit = self.ownership.take(PIPELINE)
+        self.state, version, epoch = unit.state, unit.restored_version, unit.epoch
         if self.worker is None:
             self.worker = self._start_worker()
         core = self.state.core
@@ -289,14 +303,6 @@ class LearnerService:
         }
         self.consumer.assign(positions)
         self.merge.set_inputs(positions)
-        self.checkpointer = Checkpointer(
-            self.checkpoints,
-            self.producer,
-            self.consumer,
-            epoch,
-            self.settings.checkpoint_every_records,
-            self.settings.checkpoint_interval_s,
-        )
         self.worker.wait = self._keep_lease
         self.role = "active"
         self._status_at = 0.0
@@ -321,21 +327,17 @@ class LearnerService:
         self._apply_backpressure()
         self.producer.poll()
         self.lag.update(self.consumer, self._handled)
-        assert self.checkpointer is not None
-        if self.checkpointer.due():
+        if self.checkpoints.due():
+            self._keep_lease(force=True)  # a long checkpoint must not let it lapse
             try:
-                self._keep_lease(force=True)  # a long checkpoint must not let it lapse
                 self.checkpoint("cadence")
-                self._keep_lease(force=True)
             except redis.RedisError as exc:
-                # Nothing is lost: outputs are flushed and the next cadence tries again; a
-                # crash meanwhile replays from the previous checkpoint.
-                log.error("checkpoint failed; will retry", extra={"fields": {"error": str(exc)}})
-                self.checkpointer.last_at = time.monotonic()
+                self.checkpoints.retry_later(exc)
+            self._keep_lease(force=True)
         self._keep_lease()
         if self._publish_status(force=False):
             try:
-                request = self.checkpoints.take_rollback()
+                request = self.checkpoint_store.take_rollback()
             except redis.RedisError as exc:
                 log.warning("rollback requests not read", extra={"fields": {"error": str(exc)}})
                 return
@@ -374,8 +376,9 @@ class LearnerService:
             )
 
     def checkpoint(self, reason: str) -> int:
-        """Every submitted record's outputs produced, then the worker's state persisted."""
-        assert self.checkpointer is not None
+        """Every submitted record's outputs produced, then the worker's state persisted (the
+        runtime's sequence, timed from here: the whole pause, with the wait for the batches
+        in flight and the snapshot)."""
         started = time.perf_counter()
         self.publish(block=True)
         worker = self._worker()
@@ -383,16 +386,11 @@ class LearnerService:
         snapshot.metrics = self._metrics
         self.state.core = snapshot
         try:
-            version = self.checkpointer.checkpoint(self.state, reason)
+            version = self.checkpoints.checkpoint([PIPELINE], reason, started)[PIPELINE]
             worker.set_version(version)
         finally:
             if worker.apart:  # persisted, or retried from a new snapshot: the live state is
                 self.state.core = self._fresh  # in the model process
-        # the whole pause: waiting for the batches in flight and the snapshot too
-        self.checkpointer.last_seconds = time.perf_counter() - started
-        self.metrics.stream.checkpoint.written(
-            self.checkpointer.last_seconds, self.checkpoints.last_bytes
-        )
         return version
 
     def _handled(self) -> dict[tuple[str, int], int]:
@@ -441,7 +439,7 @@ class LearnerService:
         checkpoint; the other models and the input position are untouched."""
         model, version = str(request.get("model")), int(request.get("version", -1))
         try:
-            _, old = self.checkpoints.load(version)
+            _, old = self.checkpoint_store.load(version)
         except (
             LookupError,
             CheckpointTamperedError,
@@ -490,12 +488,13 @@ class LearnerService:
             log.warning("lease renewal failed; retrying", extra={"fields": {"error": str(exc)}})
             return
         if not renewed:
-            assert self.checkpointer is not None
-            if self.checkpoints.current_epoch() != self.checkpointer.epoch:
+            assert self._unit is not None
+            epoch, store = self._unit.epoch, self.checkpoint_store
+            if store.current_epoch() != epoch:
                 raise FencedError("the lease was lost: another learner took over this pipeline")
             if not self.lease.try_acquire():
                 raise FencedError("the lease was lost: another learner holds it")
-            if self.checkpoints.current_epoch() != self.checkpointer.epoch:
+            if store.current_epoch() != epoch:
                 self.lease.release()  # taken over in between: leave it to the new owner
                 raise FencedError("the lease was lost: another learner took over this pipeline")
             log.warning("lease had lapsed with no other owner; taken back")
@@ -528,7 +527,7 @@ class LearnerService:
                     "fields": {
                         "role": self.role,
                         "events": self.events_seen,
-                        "dead_letters": self.dead_lettered,
+                        "dead_letters": self.dead_letters.sent,
                     }
                 },
             )
@@ -623,8 +622,8 @@ class LearnerService:
         if metas:
             self._worker().submit(items, metas, self._keep_lease)
         if applied:
-            assert self.checkpointer is not None
-            self.checkpointer.records_since += applied
+            assert self._unit is not None
+            self._unit.unsaved += applied
         self.publish(block=False)
 
     def publish(self, block: bool) -> None:
@@ -778,23 +777,7 @@ class LearnerService:
 
     def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
         """To the dead-letter topic, keyed as the original was."""
-        lineage = record.lineage
-        envelope = DeadLetter.of(
-            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, record.raw
-        )
-        self.producer.produce(
-            self.settings.topics.events_dlq,
-            encode(envelope.to_wire()),
-            record.key,
-        )
-        self.dead_lettered += 1
-        self._tally[("records", "dead_lettered")] += 1
-        self._tally[("out", self.settings.topics.events_dlq)] += 1
-        self.metrics.stream.dead_letters.labels(reason).inc()
-        log.warning(
-            "record dead-lettered",
-            extra={"fields": {"reason": reason, "error": message, "offset": lineage.offset}},
-        )
+        self.dead_letters.send(record.lineage, record.raw, record.key, reason, message)
 
     def _apply_backpressure(self) -> None:
         """Pause an input that runs far ahead of the others; resume it once drained.
@@ -840,9 +823,8 @@ class LearnerService:
         fields: dict[str, str | int | float] = {"role": self.role, **status}
         fields.update(
             {
-                "dead_letters": self.dead_lettered,
+                "dead_letters": self.dead_letters.sent,
                 "assigned_partitions": len(self.consumer.assignment),
-                "updated_at": time.time(),
             }
         )
         self.metrics.pending.set(status["pending"])
@@ -850,7 +832,4 @@ class LearnerService:
             for name, value in ms.items():
                 fields[f"metric:{model}:{name}"] = value
                 self.metrics.model_metric.labels(model, name).set(value)
-        try:
-            self.store.put_hash(PipelineKeys(self._pipeline).learner_status, fields)
-        except Exception as exc:  # Redis down must not stop scoring; it is logged and retried
-            log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})
+        self.status.write(fields)

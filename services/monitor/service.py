@@ -25,12 +25,16 @@ from prometheus_client import Counter as PromCounter
 
 from services.monitor.alert_store import AlertStore
 from services.monitor.engine import DriftEngine
-from shared.checkpoint.store import CheckpointNotFoundError, CheckpointStore, StaleEpochError
+from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.codec import CodecError, decode, encode
 from shared.kafka.lag import ConsumerLag
-from shared.messages import DeadLetter, DriftAlert, Event, FeatureRecord, Lineage, MessageError
+from shared.messages import DriftAlert, Event, FeatureRecord, Lineage, MessageError
 from shared.messages.outcome import Outcome
 from shared.metrics import ServiceMetrics, StreamMetrics
+from shared.runtime.checkpoints import Checkpoints
+from shared.runtime.dead_letters import DeadLetters
+from shared.runtime.ownership import Owned, Ownership, StateKind
+from shared.runtime.partitioned import Partition
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
@@ -75,21 +79,43 @@ class MonitorMetrics:
         )
 
 
-class MonitorFencedError(RuntimeError):
-    """Another monitor took over a partition of this one's (a newer epoch)."""
-
-
 @dataclass
-class Owned:
-    store: CheckpointStore
-    epoch: int
+class DriftState:
+    """An owned input partition's detectors, and what dedupes re-emitted features."""
+
     engine: DriftEngine
-    next_offset: int
     # Highest upstream offset applied per (topic, partition) of a features record's lineage:
     # a record re-emitted by a restarted features service is dropped, not observed twice.
     source_hwm: dict[tuple[str, int], int] = field(default_factory=dict)
-    since_checkpoint: int = 0
-    rewound_at: float = float("-inf")  # the last rewind to next_offset
+    rewound_at: float = float("-inf")  # the last rewind to the next offset
+
+
+class DriftStateKind(StateKind[Partition, DriftState]):
+    """Checkpointed as `(engine, next_offset, source_hwm)`."""
+
+    service = SERVICE
+
+    def __init__(
+        self, stores: Callable[[str, int], CheckpointStore], fresh: Callable[[], DriftEngine]
+    ) -> None:
+        self._stores = stores
+        self._fresh = fresh
+
+    def store(self, key: Partition) -> CheckpointStore:
+        return self._stores(*key)
+
+    def fresh(self, key: Partition) -> tuple[DriftState, int]:
+        return DriftState(self._fresh()), 0
+
+    def thaw(self, key: Partition, saved: Any, info: CheckpointInfo) -> tuple[DriftState, int]:
+        engine, next_offset, *rest = saved  # without the marks: written before them
+        return DriftState(engine, rest[0] if rest else {}), next_offset
+
+    def freeze(self, key: Partition, owned: Owned[DriftState]) -> Any:
+        return owned.state.engine, owned.next_offset, owned.state.source_hwm
+
+    def meta(self, key: Partition, owned: Owned[DriftState]) -> dict[str, Any]:
+        return {"next_offset": owned.next_offset, **owned.state.engine.counts}
 
 
 @dataclass
@@ -103,9 +129,7 @@ class MonitorService:
     flush: Callable[[], Awaitable[None]]
     rewind: Rewind | None = None  # moves the consumer of a partition back to an offset
     first_offset: FirstOffset | None = None
-    owned: dict[tuple[str, int], Owned] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
-    last_checkpoint: float = field(default_factory=time.monotonic)
     failure: BaseException | None = None  # set by the reader; the app then stops and raises
     metrics: MonitorMetrics = field(
         default_factory=lambda: MonitorMetrics.create(ServiceMetrics(SERVICE)), repr=False
@@ -115,47 +139,24 @@ class MonitorService:
     def __post_init__(self) -> None:
         stream = self.metrics.stream
         self.lag = ConsumerLag(stream.consumer_lag)
-        stream.checkpoint.unsaved = self._unsaved
+        self.ownership = Ownership(DriftStateKind(self.checkpoint_store, self._fresh))
+        self.owned = self.ownership.owned
+        # flushed here, asynchronously, before `commit`; faust commits no offsets
+        self.checkpoints = Checkpoints(
+            self.ownership,
+            stream.checkpoint,
+            self.settings.checkpoint_every_records,
+            self.settings.checkpoint_interval_s,
+        )
+        self.dead_letters = DeadLetters(SERVICE, self.settings.topics.events_dlq, stream)
         self._records = {
             outcome: stream.records.labels(outcome)
-            for outcome in (
-                "applied",
-                "skipped_replayed",
-                "dead_lettered",
-                "other_pipeline",
-                "duplicate",
-            )
+            for outcome in ("applied", "skipped_replayed", "other_pipeline", "duplicate")
         }
 
-    def own(self, topic: str, partition: int) -> Owned:
+    def own(self, topic: str, partition: int) -> Owned[DriftState]:
         """New epoch, then the partition's checkpoint (or a fresh engine)."""
-        owned = self.owned.get((topic, partition))
-        if owned is not None:
-            return owned
-        store = self.checkpoint_store(topic, partition)
-        epoch = store.new_epoch()
-        try:
-            info, state = store.load()
-            engine, next_offset, *rest = state  # without the marks: written before them
-            source_hwm = rest[0] if rest else {}
-            version: int | None = info.version
-        except CheckpointNotFoundError:
-            engine, next_offset, source_hwm, version = self._fresh(), 0, {}, None
-        owned = Owned(store, epoch, engine, next_offset, source_hwm)
-        self.owned[(topic, partition)] = owned
-        log.info(
-            "partition owned",
-            extra={
-                "fields": {
-                    "topic": topic,
-                    "partition": partition,
-                    "epoch": epoch,
-                    "restored_version": version,
-                    "next_offset": next_offset,
-                }
-            },
-        )
-        return owned
+        return self.ownership.take((topic, partition))
 
     def _fresh(self) -> DriftEngine:
         return DriftEngine(self.spec.name, self.spec.task, self.spec.drift)
@@ -175,8 +176,7 @@ class MonitorService:
         try:
             await self.checkpoint(list(self.owned), "cadence")
         except redis.RedisError as exc:  # nothing lost: the next cadence tries again
-            log.error("checkpoint failed; will retry", extra={"fields": {"error": str(exc)}})
-            self.last_checkpoint = time.monotonic()
+            self.checkpoints.retry_later(exc)
 
     async def _apply(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         # Under the lock: a checkpoint (revocation, shutdown) never sees a record's effect on
@@ -188,7 +188,7 @@ class MonitorService:
             return
         if await self._skipped_for_rewind(owned, topic, partition, offset):
             return
-        owned.rewound_at = float("-inf")
+        owned.state.rewound_at = float("-inf")
         lineage = Lineage(topic, partition, offset)
         alerts: list[DriftAlert] = []
         try:
@@ -226,11 +226,11 @@ class MonitorService:
             for alert in alerts:
                 self.metrics.drift_alerts.labels(alert.kind, alert.action).inc()
         owned.next_offset = offset + 1
-        owned.since_checkpoint += 1
+        owned.unsaved += 1
         self.counts["records"] += 1
 
     async def _skipped_for_rewind(
-        self, owned: Owned, topic: str, partition: int, offset: int
+        self, owned: Owned[DriftState], topic: str, partition: int, offset: int
     ) -> bool:
         """A record past the next one to apply: those between were never handed over (faust
         drops what it had fetched when a rebalance revokes a partition it then gets back).
@@ -240,7 +240,7 @@ class MonitorService:
         if offset <= owned.next_offset or self.rewind is None:
             return False
         now = time.monotonic()
-        if now - owned.rewound_at < REWIND_EVERY_S:
+        if now - owned.state.rewound_at < REWIND_EVERY_S:
             return True
         fields = {"topic": topic, "partition": partition, "from": owned.next_offset, "got": offset}
         first = (
@@ -252,17 +252,18 @@ class MonitorService:
             log.warning("offsets absent from the log", extra={"fields": fields})
             return False
         log.warning("records not handed over; reading them again", extra={"fields": fields})
-        owned.rewound_at = now
+        owned.state.rewound_at = now
         self.counts["rewinds"] += 1
         await self.rewind(topic, partition, owned.next_offset)
         return True
 
     def _observe(
-        self, owned: Owned, kind: str, raw: bytes | None, lineage: Lineage
+        self, owned: Owned[DriftState], kind: str, raw: bytes | None, lineage: Lineage
     ) -> list[DriftAlert] | str:
         """The record's alerts, or why it is not observed: "other_pipeline" (an outcome of
         another pipeline), "duplicate" (re-emitted by a restarted features service)."""
-        engine = owned.engine
+        state = owned.state
+        engine = state.engine
         obj = decode(raw, self.settings.max_message_bytes)
         if kind == OUTCOMES:
             outcome = Outcome.from_wire(obj)
@@ -273,9 +274,9 @@ class MonitorService:
             record = FeatureRecord.from_wire(obj)
             source = record.lineage
             upstream = (source.topic, source.partition)
-            if source.offset <= owned.source_hwm.get(upstream, -1):
+            if source.offset <= state.source_hwm.get(upstream, -1):
                 return "duplicate"
-            owned.source_hwm[upstream] = source.offset
+            state.source_hwm[upstream] = source.offset
             e = record.event
             return engine.observe_features(e.event_id, e.ts, record.features, lineage)
         event = Event.from_wire(obj)
@@ -284,36 +285,12 @@ class MonitorService:
     async def _dead_letter(
         self, lineage: Lineage, raw: bytes | None, reason: str, message: str
     ) -> None:
-        envelope = DeadLetter.of(
-            lineage.topic, lineage.partition, lineage.offset, reason, message, SERVICE, raw
-        )
-        await self.send(self.settings.topics.events_dlq, None, encode(envelope.to_wire()))
+        value = self.dead_letters.envelope(lineage, raw, reason, message)
+        await self.send(self.dead_letters.topic, None, value)
         self.counts["dead_lettered"] += 1
-        stream = self.metrics.stream
-        self._records["dead_lettered"].inc()
-        stream.records_out.labels(self.settings.topics.events_dlq).inc()
-        stream.dead_letters.labels(reason).inc()
-        log.warning(
-            "record dead-lettered",
-            extra={
-                "fields": {
-                    "reason": reason,
-                    "error": message,
-                    "topic": lineage.topic,
-                    "offset": lineage.offset,
-                }
-            },
-        )
-
-    def _unsaved(self) -> int:
-        return sum(o.since_checkpoint for o in list(self.owned.values()))
 
     def due(self) -> bool:
-        records = sum(o.since_checkpoint for o in self.owned.values())
-        return records >= self.settings.checkpoint_every_records or (
-            records > 0
-            and time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s
-        )
+        return self.checkpoints.due()
 
     async def checkpoint(self, partitions: list[tuple[str, int]], reason: str) -> None:
         """Alerts delivered first, then each partition's engine with its next offset."""
@@ -322,26 +299,8 @@ class MonitorService:
 
     async def _checkpoint(self, partitions: list[tuple[str, int]], reason: str) -> None:
         started = time.perf_counter()
-        await self.flush()
-        for tp in partitions:
-            owned = self.owned.get(tp)
-            if owned is None:
-                continue
-            meta = {"reason": reason, "next_offset": owned.next_offset, **owned.engine.counts}
-            try:
-                state = (owned.engine, owned.next_offset, owned.source_hwm)
-                owned.store.write(owned.epoch, state, meta)
-            except StaleEpochError as exc:
-                raise MonitorFencedError(
-                    f"{tp[0]}[{tp[1]}] was taken over by another monitor: {exc}"
-                ) from exc
-            owned.since_checkpoint = 0
-        self.last_checkpoint = time.monotonic()
-        if partitions:
-            self.metrics.stream.checkpoint.written(
-                time.perf_counter() - started,
-                sum(owned.store.last_bytes for owned in self.owned.values()),
-            )
+        await self.flush()  # the sequence's first step, faust's producer being async
+        self.checkpoints.commit(partitions, reason, started)
 
     def report_lag(self, highwater: Highwater) -> None:
         """Per owned partition, the records between the next one to apply and the high
@@ -356,8 +315,7 @@ class MonitorService:
     async def release(self, partitions: list[tuple[str, int]], reason: str) -> None:
         """Revoked or stopping: checkpoint, then forget (the next owner restores from here)."""
         async with self._lock:
-            mine = [tp for tp in partitions if tp in self.owned]
+            mine = [tp for tp in partitions if tp in self.ownership]
             if mine:
                 await self._checkpoint(mine, reason)
-            for tp in mine:
-                del self.owned[tp]
+            self.ownership.let_go(mine)

@@ -133,6 +133,16 @@ class BatchConsumer:
                 on_lost=self._lost,
             )
 
+    def listen(
+        self,
+        on_assign: Callable[[list[TopicPartition]], None],
+        on_revoke: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None],
+    ) -> None:
+        """Who hears of rebalances, when it exists only after the consumer (they come from
+        `poll_batch`, so none is missed)."""
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+
     def assign_exact(self, partitions: list[TopicPartition]) -> None:
         """From an on_assign callback: take the group's partitions at chosen offsets."""
         if self._incremental:

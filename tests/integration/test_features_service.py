@@ -376,7 +376,7 @@ def test_a_stale_features_owner_cannot_overwrite_a_newer_checkpoint(settings, mo
 
     import services.features.app as features_app
     from services.features.app import build_features
-    from services.features.service import FeaturesFencedError
+    from shared.runtime.ownership import FencedError
     from shared.checkpoint.store import CheckpointStore
 
     from .helpers import UnsubscribedConsumer
@@ -388,14 +388,15 @@ def test_a_stale_features_owner_cannot_overwrite_a_newer_checkpoint(settings, mo
     try:
         old.on_assign([tp])
         new.on_assign([tp])  # a newer epoch for the same partition
-        epoch = new.owned[0].epoch
-        assert epoch > old.owned[0].epoch
+        key = (tp.topic, 0)
+        epoch = new.owned[key].epoch
+        assert epoch > old.owned[key].epoch
         store = CheckpointStore(redis_client(settings), "windows", "features-p0", b"-")
         versions = store.versions()
-        with pytest.raises(FeaturesFencedError, match="owned by another instance"):
-            old.checkpoint([0], "cadence")
+        with pytest.raises(FencedError, match="taken over by another features instance"):
+            old.checkpoint([key], "cadence")
         assert store.versions() == versions  # nothing was written
-        new.checkpoint([0], "cadence")
+        new.checkpoint([key], "cadence")
         assert store.versions()[0].epoch == epoch
     finally:
         for service in (old, new):

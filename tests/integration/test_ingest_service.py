@@ -344,11 +344,11 @@ def test_a_rebalance_while_a_crashed_owners_outputs_lie_ahead_writes_none_again(
     ingest = build_ingest(settings, spec)
     try:
         ingest.on_assign([tp])
-        assert ingest.owned[key].written == set(range(50, 100))
+        assert ingest.owned[key].state.written == set(range(50, 100))
         ingest.handle_batch(msgs[50:60])
         ingest.on_revoke([tp])  # a rebalance: checkpoint, then the same partition again
         ingest.on_assign([tp])
-        assert ingest.owned[key].written == set(range(60, 100))
+        assert ingest.owned[key].state.written == set(range(60, 100))
         ingest.handle_batch(msgs[60:])
         ingest.checkpoint([key])
     finally:
@@ -373,7 +373,7 @@ def test_a_stale_ingest_owner_cannot_overwrite_a_newer_checkpoint(ingest_setting
 
     import services.ingest.app as ingest_app
     from services.ingest.app import build_ingest
-    from services.ingest.service import IngestFencedError
+    from shared.runtime.ownership import FencedError
 
     monkeypatch.setattr(ingest_app, "BatchConsumer", UnsubscribedConsumer)
     settings, spec = ingest_settings, parse_spec(SPEC)
@@ -386,7 +386,7 @@ def test_a_stale_ingest_owner_cannot_overwrite_a_newer_checkpoint(ingest_setting
         assert epoch > old.owned[key].epoch
         store = CheckpointStore(redis_client(settings), "ingest", "ingest-events-p0", b"-")
         versions = store.versions()
-        with pytest.raises(IngestFencedError, match="owned by another ingest instance"):
+        with pytest.raises(FencedError, match="taken over by another ingest instance"):
             old.checkpoint([key])
         assert store.versions() == versions  # nothing was written
         new.checkpoint([key])

@@ -262,7 +262,8 @@ def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
     wins; the older one's checkpoint is refused and nothing of it is written."""
     import asyncio
 
-    from services.monitor.service import OUTCOMES, MonitorFencedError, MonitorService
+    from services.monitor.service import OUTCOMES, MonitorService
+    from shared.runtime.ownership import FencedError
 
     client = RedisStore.from_settings(settings).client
     sent: list[tuple[str, bytes | None, bytes]] = []
@@ -294,7 +295,7 @@ def test_a_stale_monitor_cannot_overwrite_a_newer_checkpoint(settings):
         for offset, raw in enumerate(records):  # took over: applies all 20 from scratch
             await newer.handle(topic, 0, offset, raw)
         await newer.checkpoint([(topic, 0)], "cadence")
-        with pytest.raises(MonitorFencedError, match="taken over by another monitor"):
+        with pytest.raises(FencedError, match="taken over by another monitor"):
             await stale.checkpoint([(topic, 0)], "cadence")
 
     asyncio.run(scenario())
@@ -433,4 +434,4 @@ def test_re_emitted_features_are_dropped_and_a_gap_is_read_again(settings):
     assert rewinds == [(topic, 0, 6)]
     owned = second.owned[(topic, 0)]
     assert owned.next_offset == 14
-    assert owned.engine.counts["feature_records"] == 9  # records 0..8, each once
+    assert owned.state.engine.counts["feature_records"] == 9  # records 0..8, each once
