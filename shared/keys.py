@@ -7,7 +7,8 @@ All live under `headwater:<pipeline>:`, so several pipelines share one Redis and
   each stateful owner: `learner`, `features-p<N>`, `ingest-events-p<N>`,
   `monitor-<topic>-p<N>`, ...
 - `learner:status` (hash: role, counters, metrics), `learner:spec` (JSON of the spec it
-  runs), `learner:lease` (the active learner's lease): the learner.
+  runs), `learner:lease` (the active learner's lease), `learner:snapshot` (its models for
+  readers, shared/snapshot.py): the learner.
 - `learner:paused`: set of paused models, written by the API for operators.
 - `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
 - `features:<entity>`: an entity's latest features, with a TTL (the features service).
@@ -44,6 +45,10 @@ class PipelineKeys:
     @property
     def learner_lease(self) -> str:
         return f"{self.base}:learner:lease"
+
+    @property
+    def learner_snapshot(self) -> str:
+        return f"{self.base}:learner:snapshot"
 
     @property
     def learner_paused(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +17,13 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from services.monitor.alert_store import AlertStore
+from shared.alert_store import AlertStore
 from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.kafka.connection import KafkaConnection
 from shared.keys import PipelineKeys, pipeline_of, pipeline_patterns
+from shared.snapshot import SnapshotStore
+from shared.status import LearnerStatus
 
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
 _ROLLING = re.compile(r"^(?P<name>.+) \(last (?P<window>\d+)\)$")
@@ -36,19 +37,6 @@ def split_metrics(values: Mapping[str, float]) -> tuple[dict[str, float], dict[s
     for name, value in values.items():
         (rolling if _ROLLING.match(name) else overall)[name] = float(value)
     return overall, rolling
-
-
-def status_metrics(status: Mapping[str, str], model: str) -> dict[str, float]:
-    """A model's metrics from the learner's status hash (`metric:<model>:<name>` fields)."""
-    prefix = f"metric:{model}:"
-    out: dict[str, float] = {}
-    for key, value in status.items():
-        if key.startswith(prefix):
-            try:
-                out[key[len(prefix) :]] = float(value)
-            except ValueError:
-                continue
-    return out
 
 
 def parse_offsets(raw: Mapping[str, Any]) -> list[tuple[str, int, int]]:
@@ -129,9 +117,13 @@ class StateReader:
     def checkpoints(self, pipeline: str) -> CheckpointStore:
         return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
 
-    def status(self, pipeline: str) -> dict[str, str]:
+    def snapshots(self, pipeline: str) -> SnapshotStore:
+        return SnapshotStore(self.client, pipeline, self._key)
+
+    def status(self, pipeline: str) -> LearnerStatus | None:
+        """The learner's status, None when none was written."""
         raw: dict[bytes, bytes] = self.client.hgetall(PipelineKeys(pipeline).learner_status)  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return LearnerStatus.parse(raw)
 
     def spec(self, pipeline: str) -> dict[str, Any] | None:
         raw = self.client.get(PipelineKeys(pipeline).learner_spec)
@@ -151,8 +143,8 @@ class StateReader:
         info = self.latest(pipeline)
         if info is not None and isinstance(info.meta.get("learned"), dict):
             return list(info.meta["learned"])
-        names = {k.split(":")[1] for k in self.status(pipeline) if k.startswith("metric:")}
-        return sorted(names)
+        status = self.status(pipeline)
+        return sorted(status.metrics) if status is not None else []
 
     def paused(self, pipeline: str) -> set[str]:
         members: set[bytes] = self.client.smembers(PipelineKeys(pipeline).learner_paused)  # type: ignore[assignment]
@@ -168,9 +160,5 @@ class StateReader:
     def alerts(self, pipeline: str, limit: int) -> list[dict[str, Any]]:
         return AlertStore(self.client, pipeline).latest(limit)
 
-    def learner_running(self, status: Mapping[str, str], now: float | None = None) -> bool:
-        try:
-            updated = float(status.get("updated_at", "0"))
-        except ValueError:
-            return False
-        return (now or time.time()) - updated <= LIVE_S
+    def learner_running(self, status: LearnerStatus | None, now: float | None = None) -> bool:
+        return status is not None and status.live(now, LIVE_S)

@@ -6,8 +6,8 @@ import threading
 
 from services.features.engine import FeatureEngine
 from services.features.service import FeaturesService, features_metrics
-from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
+from shared.feature_store import FeatureStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.keys import PipelineKeys

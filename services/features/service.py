@@ -14,9 +14,9 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Message
 
 from services.features.engine import FeatureEngine, PartitionState
-from services.features.store import FeatureStore
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import CodecError, decode, encode
+from shared.feature_store import FeatureStore
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.position import position
 from shared.messages import Event, FeatureRecord, Lineage, MessageError
@@ -27,6 +27,7 @@ from shared.runtime.ownership import Owned, StateKind
 from shared.runtime.partitioned import Partition, PartitionedService
 from shared.runtime.status import Fields, StatusWriter
 from shared.settings import Settings
+from shared.status import FeaturesStatus
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +172,11 @@ class FeaturesService(PartitionedService[PartitionState]):
     def status_fields(self) -> Fields:
         """What this instance owns and how its windows fare."""
         states = [owned.state for owned in self.owned.values()]
-        return {
-            "partitions": ",".join(str(p) for _, p in sorted(self.owned)),
-            "emitted": self.emitted,
-            "dead_letters": self.dead_letters.sent,
-            "entities": sum(len(s.entities) for s in states),
-            "late": sum(s.late for s in states),
-            "expired": sum(s.expired for s in states),
-        }
+        return FeaturesStatus(
+            partitions=tuple(p for _, p in sorted(self.owned)),
+            emitted=self.emitted,
+            dead_letters=self.dead_letters.sent,
+            entities=sum(len(s.entities) for s in states),
+            late=sum(s.late for s in states),
+            expired=sum(s.expired for s in states),
+        ).fields()

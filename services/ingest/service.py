@@ -1,10 +1,10 @@
-"""The ingest service's Kafka loop: validate, normalise, deduplicate, dead-letter.
+"""The ingest service: validate, normalise, deduplicate, dead-letter, on the stream runtime.
 
-Inputs (the events and labels topics) are group-managed; each owned input partition has its
-own fenced checkpoint: the recent ids, the next offset, running counts, and the output
-topics' end offsets at that moment. Outputs are deterministic, so after a crash the records
-written since the last checkpoint are found by reading the outputs from those end offsets
-(lineage in a header, or in the dead-letter envelope) and are not written a second time:
+Inputs (the events and labels topics) are group-managed (shared/runtime/partitioned.py);
+each owned input partition has its own fenced checkpoint: the recent ids, the next offset,
+running counts, and the output topics' end offsets at that moment. Outputs are
+deterministic, so after a crash the records written since the last checkpoint are found by
+reading the outputs from those end offsets (recovery.py) and are not written a second time:
 each input record reaches events.valid, labels.valid or events.dlq once.
 """
 
@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message
 
 from services.ingest.dedupe import RecentIds
 from services.ingest.fast_path import fast_event
 from services.ingest.normalize import normalise_event, normalise_label
+from services.ingest.recovery import LINEAGE_HEADER, OutputRecovery
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.codec import CodecError, decode, encode
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.connection import KafkaConnection
-from shared.kafka.consumer import CONSUMER_TUNING
 from shared.messages import Event, Label, Lineage, MessageError
 from shared.metrics import ServiceMetrics, StreamMetrics
 from shared.runtime.dead_letters import DeadLetters
@@ -37,11 +36,11 @@ from shared.runtime.partitioned import Partition, PartitionedService
 from shared.runtime.status import Fields, StatusWriter
 from shared.settings import Settings, TopicNames
 from shared.spec import IngestPolicy
+from shared.status import IngestStatus
 
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
-LINEAGE_HEADER = "headwater-lineage"  # "topic:partition:offset" of the input record
 COUNTS = ("in", "valid", "deduplicated", "dead_lettered")
 MARKS_MAX_AGE_S = 5.0  # a recovery reads at most ~this long of output again
 # A defect that fails every record (a bad deploy) must stop ingest, not dead-letter the
@@ -176,7 +175,7 @@ class IngestService(PartitionedService[Input]):
         self.dead_letters = DeadLetters(
             SERVICE, settings.topics.events_dlq, metrics, producer.produce, count_records=False
         )
-        self._watermarks: Consumer | None = None
+        self.recovery = OutputRecovery(kafka, settings.consumer_group_prefix, settings.topics)
         self._errors_in_row = 0  # ingest_error records since the last record handled otherwise
 
     # -- recovery after a crash ------------------------------------------------------
@@ -191,77 +190,18 @@ class IngestService(PartitionedService[Input]):
             inp.saved.marks, inp.marked_at = self.output_ends(inp.kind), time.monotonic()
             self.ownership.persist([key], "first owner")
 
-    def output_ends(self, kind: str, patience_s: float = 60.0) -> dict[str, dict[int, int]]:
-        """Where each output partition ends. Asked on assignment too, which may come while
-        the broker is still coming back from an outage: refused answers are asked again
-        for up to `patience_s`."""
-        if self._watermarks is None:  # one client for every checkpoint's query
-            self._watermarks = self._reader()
-        reader = self._watermarks
-        deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                marks: dict[str, dict[int, int]] = {}
-                for topic in self.inputs.output_topics(kind):
-                    meta = reader.list_topics(topic, timeout=10).topics[topic]
-                    marks[topic] = {
-                        p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                        for p in meta.partitions
-                    }
-                return marks
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("output ends not known yet", extra={"fields": {"error": str(exc)}})
-                time.sleep(0.5)
+    def output_ends(self, kind: str) -> dict[str, dict[int, int]]:
+        return self.recovery.ends(self.inputs.output_topics(kind))
 
     def written_since(self, key: Partition, owned: Owned[Input]) -> set[int]:
         """Input offsets whose output a previous owner wrote after its last checkpoint."""
-        topic_in, partition_in = key
-        ends = self.output_ends(owned.state.kind)
-        found: set[int] = set()
-        reader = self._reader()
-        try:
-            for topic, marks in owned.state.saved.marks.items():
-                todo = {p: end for p, end in ends.get(topic, {}).items() if end > marks.get(p, 0)}
-                if not todo:
-                    continue
-                reader.assign([TopicPartition(topic, p, marks.get(p, 0)) for p in todo])
-                dead_letters = topic == self.settings.topics.events_dlq
-                for msg in _read_to_end(reader, todo):
-                    source = _source_of(msg, dead_letters)
-                    if (
-                        source is not None
-                        and source[0] == topic_in
-                        and source[1] == partition_in
-                        and source[2] >= max(owned.next_offset, 0)
-                    ):
-                        found.add(source[2])
-                reader.unassign()
-        finally:
-            reader.close()
-        if found:
-            log.info(
-                "records written before the crash will not be written again",
-                extra={"fields": {"topic": topic_in, "partition": partition_in, "n": len(found)}},
-            )
-        return found
-
-    def _reader(self) -> Consumer:
-        return Consumer(
-            self.kafka.config(
-                {
-                    "group.id": f"{self.settings.consumer_group_prefix}.recovery."
-                    f"{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    **CONSUMER_TUNING,
-                }
-            )
+        inp = owned.state
+        return self.recovery.written_since(
+            key, self.inputs.output_topics(inp.kind), inp.saved.marks, owned.next_offset
         )
 
     def closers(self) -> list[Callable[[], None]]:
-        watermarks, self._watermarks = self._watermarks, None
-        return [watermarks.close] if watermarks is not None else []
+        return [self.recovery.close]
 
     # -- records ---------------------------------------------------------------------
 
@@ -436,54 +376,5 @@ class IngestService(PartitionedService[Input]):
 
     def status_fields(self) -> Fields:
         """Totals over the input partitions this instance owns (they survive restarts)."""
-        fields: dict[str, str | int | float] = {
-            "inputs": ",".join(f"{t}:{p}" for t, p in sorted(self.owned)),
-            **{name: count for name, count in self.totals().items()},
-        }
-        for name in COUNTS:
-            fields.setdefault(name, 0)
-        return fields
-
-
-def _read_to_end(reader: Consumer, ends: dict[int, int], cap_s: float = 30.0) -> Iterator[Message]:
-    """Every record up to the end of the assigned partitions.
-
-    A broker's high watermark can trail the log's true end (Tansu reports the last batch's
-    first offset + 1), so reaching it is not enough: reading goes on until a fetch comes back
-    empty. The writer being recovered is dead, so nothing of its own can follow.
-    """
-    remaining = dict(ends)
-    deadline = time.monotonic() + cap_s
-    quiet = 0
-    while time.monotonic() < deadline and quiet < 10:
-        batch = reader.consume(1000, 0.5)
-        if not batch and not remaining:
-            return
-        quiet = 0 if batch else quiet + 1
-        for msg in batch:
-            if msg.error() is not None:
-                continue
-            yield msg
-            p, at = msg.partition(), msg.offset() or 0
-            if p in remaining and at + 1 >= remaining[p]:
-                del remaining[p]
-    log.warning("recovery read stopped before the outputs went quiet; duplicates are possible")
-
-
-def _source_of(msg: Message, dead_letter: bool) -> tuple[str, int, int] | None:
-    """The input record an output came from."""
-    if dead_letter:
-        try:
-            envelope = decode(msg.value(), 2**31)
-            return (
-                str(envelope["source_topic"]),
-                int(envelope["partition"]),
-                int(envelope["offset"]),
-            )
-        except (CodecError, KeyError, TypeError, ValueError):
-            return None
-    for name, value in list(msg.headers() or []):
-        if name == LINEAGE_HEADER and isinstance(value, bytes):
-            parts = value.decode().rsplit(":", 2)
-            return parts[0], int(parts[1]), int(parts[2])
-    return None
+        counts = {name: 0 for name in COUNTS} | self.totals()
+        return IngestStatus(tuple(f"{t}:{p}" for t, p in sorted(self.owned)), counts).fields()

@@ -6,8 +6,9 @@ import json
 import threading
 
 from services.learner.core import LearnerCore
-from services.learner.service import LearnerMetrics, LearnerService
-from services.learner.worker import start_worker
+from services.learner.process_worker import start_worker
+from services.learner.publisher import LearnerMetrics
+from services.learner.service import LearnerService
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics

@@ -2,7 +2,9 @@
 
 The lease holder owns every input partition, so its whole state (models, metrics, pending
 labels, the next offset of every input partition) is one checkpoint; the runtime's sequence
-writes it (flush outputs, fenced write, acknowledge offsets).
+writes it (flush outputs, fenced write, acknowledge offsets). After each, the models are
+published as the model snapshot readers use (shared/snapshot.py): the checkpoint itself is
+the learner's private state.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING
 
 from services.learner.core import LearnerCore
 from services.learner.reaction import carried_over
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.runtime.ownership import Offsets, Owned, StateKind
+from shared.snapshot import ModelSnapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +48,17 @@ class LearnerStateKind(StateKind[str, LearnerState]):
     service = "learner"
     unit = "pipeline"
 
-    def __init__(self, store: CheckpointStore, fresh: LearnerCore) -> None:
+    def __init__(
+        self, store: CheckpointStore, fresh: LearnerCore, snapshots: SnapshotStore
+    ) -> None:
         self._store = store
         self._fresh = fresh
+        self.snapshots = snapshots
 
     def store(self, key: str) -> CheckpointStore:
         return self._store
 
     def fresh(self, key: str) -> tuple[LearnerState, int]:
-        log.info("no checkpoint yet: starting fresh from the beginning of the inputs")
         return LearnerState(self._fresh), OFFSET_BEGINNING
 
     def thaw(self, key: str, saved: Any, info: CheckpointInfo) -> tuple[LearnerState, int]:
@@ -69,10 +75,6 @@ class LearnerStateKind(StateKind[str, LearnerState]):
             )
         saved.core.model_version = info.version
         saved.core.reactions = carried_over(saved.core.reactions, fresh.reactions)
-        log.info(
-            "restored checkpoint",
-            extra={"fields": {"version": info.version, "events_seen": saved.core.events_seen}},
-        )
         return saved, OFFSET_BEGINNING  # the offsets are per partition, in the state
 
     def freeze(self, key: str, owned: Owned[LearnerState]) -> LearnerState:
@@ -94,4 +96,12 @@ class LearnerStateKind(StateKind[str, LearnerState]):
         return owned.state.offsets
 
     def persisted(self, key: str, owned: Owned[LearnerState], version: int) -> None:
-        owned.state.core.model_version = version
+        """The models, published for readers (the API) as the versioned snapshot. A Redis
+        error is logged: readers keep the previous one, the next checkpoint publishes."""
+        core = owned.state.core
+        core.model_version = version
+        snapshot = ModelSnapshot(core.pipeline, core.task, version, core.vw_text, core.models)
+        try:
+            self.snapshots.publish(snapshot)
+        except redis.RedisError as exc:
+            log.warning("model snapshot not published", extra={"fields": {"error": str(exc)}})

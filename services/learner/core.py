@@ -7,8 +7,7 @@ the label from the labels topic, and the same happens when it comes.
 
 The hot path (`score`, `join`) returns plain tuples, not messages: it may run in a model
 process of its own (worker.py), and whoever publishes turns them into records
-(outputs.py). `process` and `process_label` are the same steps returning messages, for
-callers that want them in one go.
+(outputs.py).
 """
 
 from __future__ import annotations
@@ -16,18 +15,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from sys import intern
 from typing import Any
 
 from river import utils
 
-from services.learner.outputs import Joined, Mark, Scores, mark_outcomes, outcomes, predictions
+from services.learner.outputs import Joined, Mark, Scores
 from services.learner.reaction import Reactions
 from services.learner.window_metric import WindowMetric, rolling
-from shared.messages import Event, Label, Lineage, Outcome, Prediction
+from shared.messages import Prediction
 from shared.models import ModelAdapter, build_model
 from shared.models.river_factory import build_metric, default_metric
-from shared.models.vw_model import VWModel, features_text
+from shared.models.vw_model import VWModel
 from shared.spec import LabelSettings, PipelineSpec
 from shared.spec.labels import check_label
 
@@ -79,8 +77,6 @@ class LearnerCore:
     early: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
     # False when the caller keeps the metrics itself (the service: off the model process).
     track_metrics: bool = True
-    # Outcomes of the last `process`/`process_label` call (drained, so never checkpointed).
-    outbox: list[Outcome] = field(default_factory=list)
     # The spec's reaction to concept drift (reaction.py); None without one. Checkpointed.
     reactions: Reactions | None = None
     # Where the last calls reacted, drained by the caller (so never checkpointed).
@@ -96,12 +92,12 @@ class LearnerCore:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_plan"] = None
-        state["outbox"] = []
         state["marks"] = []
         state["track_metrics"] = True  # a restored core is whole; a service opts out again
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.pop("outbox", None)  # a checkpoint from before the outputs left the core
         state.setdefault("reactions", None)  # a checkpoint from before reactions existed
         state.setdefault("marks", [])
         state.setdefault("paused", frozenset())
@@ -240,37 +236,6 @@ class LearnerCore:
         w = waiting
         return "joined", [(event_id, w.entity, w.ts, w.version, w.scores, label, "topic", lag)]
 
-    def process(self, event: Event, lineage: Lineage) -> list[Prediction]:
-        """`score` with its results as messages; outcomes go to `outbox`."""
-        self.outbox.clear()
-        if event.label is not None:
-            check_label(event.label, self.task)
-        x = model_input(event.data, self.vw_text)
-        scores, joined = self.score(event.event_id, event.entity, event.ts, x, event.label)
-        if event.label is not None:
-            inline = (event.event_id, event.entity, event.ts, self.model_version, scores)
-            joined.insert(0, (*inline, event.label, "inline", 0))
-        names, pipeline, task = self.model_names, self.pipeline, self.task
-        for j in joined:
-            self.outbox.extend(outcomes(j, names, pipeline, task, lineage))
-        self._mark_outbox()
-        return predictions(event, self.model_version, scores, names, pipeline, task, lineage)
-
-    def process_label(self, label: Label, lineage: Lineage | None = None) -> str:
-        """`join` with its outcomes as messages in `outbox` (none without a lineage)."""
-        self.outbox.clear()
-        status, joined = self.join(label.event_id, label.label)
-        if lineage is not None:
-            for j in joined:
-                self.outbox.extend(outcomes(j, self.model_names, self.pipeline, self.task, lineage))
-        self._mark_outbox()
-        return status
-
-    def _mark_outbox(self) -> None:
-        if self.marks:
-            mark_outcomes(self.outbox, self.marks)
-            self.marks.clear()
-
     def _expire(self, joined: list[Joined]) -> None:
         """Past the horizon, predictions get the default label (or none); labels give up."""
         oldest_kept = self.events_seen - self.labels.horizon_events
@@ -358,30 +323,6 @@ def metric_name(metric: Any) -> str:
     if isinstance(metric, utils.Rolling | WindowMetric):
         return f"{type(metric.obj).__name__} (last {metric.window_size})"
     return type(metric).__name__
-
-
-def features(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Null means missing: River models expect an absent key, not None."""
-    if type(data) is dict and None not in data.values():
-        return data  # the commonest case, without a copy (events are never changed)
-    return {k: v for k, v in data.items() if v is not None}
-
-
-def model_input(data: Mapping[str, Any], vw_text: bool) -> Any:
-    """What the models get for an event's data: the features without nulls, as VW's text
-    when every model is VW (see `LearnerCore.vw_text`), else as a dict whose names are
-    interned."""
-    x = features(data)
-    if vw_text:
-        return features_text(x)
-    # Interned names are the models' own dict keys (lookups by identity, about a microsecond
-    # a record), and marshal carries the interning to a model process. msgspec hands out
-    # the same key objects record after record, so this interns each name in place once; a
-    # name interned elsewhere before (a literal in some module) needs the dict rebuilt.
-    for name in x:
-        if intern(name) is not name:
-            return {intern(k): v for k, v in x.items()}
-    return x
 
 
 def wants_proba(metric: Any) -> bool:

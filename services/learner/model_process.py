@@ -7,7 +7,7 @@ import socket
 import sys
 
 from services.learner.channel import widen
-from services.learner.worker import worker_main
+from services.learner.process_worker import worker_main
 
 if __name__ == "__main__":
     sock = socket.socket(fileno=int(sys.argv[1]))

@@ -30,8 +30,6 @@ from shared.spec.drift import build_detector
 
 log = logging.getLogger(__name__)
 
-REACTION_COUNTS = ("resets", "fallbacks_started", "fallbacks_promoted", "fallbacks_dropped")
-
 
 @dataclass
 class Trial:

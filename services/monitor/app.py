@@ -18,9 +18,9 @@ import faust
 from faust.types import TP
 from mode.utils.times import Seconds
 
-from services.monitor.alert_store import AlertStore
 from services.monitor.credentials import faust_credentials
 from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorMetrics, MonitorService
+from shared.alert_store import AlertStore
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
 from shared.kafka.connection import KafkaConnection

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from prometheus_client import Counter as PromCounter
 
-from services.monitor.alert_store import AlertStore
 from services.monitor.engine import DriftEngine
+from shared.alert_store import AlertStore
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.codec import CodecError, decode, encode
 from shared.kafka.lag import ConsumerLag

@@ -17,10 +17,10 @@ import msgspec
 import pytest
 
 from services.launch import start_service
-from services.monitor.alert_store import AlertStore
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
+from shared.alert_store import AlertStore
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
@@ -167,7 +167,7 @@ def test_versions_hold_the_checkpoint_history_with_metrics(running):
 
 
 def test_predict_answers_from_the_newest_checkpoint_without_learning(running):
-    from services.learner.core import model_input
+    from shared.models.inputs import model_input
 
     data = running.events[-1].data
     before = running.store().versions()[0]

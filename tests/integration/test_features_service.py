@@ -8,11 +8,11 @@ import pytest
 
 from services.features.app import run_features
 from services.features.engine import FeatureEngine
-from services.features.store import FeatureStore
 from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from services.replay.replayer import replay_file
 from shared.codec import encode
+from shared.feature_store import FeatureStore
 from shared.kafka import SafeProducer, ensure_topics
 from shared.messages import Event, FeatureRecord
 from shared.redis_store import redis_client
@@ -376,8 +376,8 @@ def test_a_stale_features_owner_cannot_overwrite_a_newer_checkpoint(settings, mo
 
     import services.features.app as features_app
     from services.features.app import build_features
-    from shared.runtime.ownership import FencedError
     from shared.checkpoint.store import CheckpointStore
+    from shared.runtime.ownership import FencedError
 
     from .helpers import UnsubscribedConsumer
 

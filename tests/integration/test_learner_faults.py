@@ -23,6 +23,7 @@ from shared.models.fingerprint import fingerprint
 from shared.redis_store import redis_client
 from shared.settings import Settings
 from shared.spec import load_spec
+from tests.reference import process, process_label
 
 from .conftest import service_env
 from .helpers import read_until
@@ -71,9 +72,9 @@ def uninterrupted(spec_file: Path, n: int) -> LearnerCore:
     core = LearnerCore.from_spec(load_spec(spec_file))
     for offset, send in enumerate(plan(dataset_events("SEA", limit=n), DELAY)):
         if isinstance(send.message, Label):
-            core.process_label(send.message)
+            process_label(core, send.message)
         else:
-            core.process(send.message, Lineage("events", 0, offset))
+            process(core, send.message, Lineage("events", 0, offset))
     return core
 
 

@@ -12,13 +12,12 @@ import pytest
 
 from services.learner.channel import Channel, ChannelClosedError, recv_frame, send_frame
 from services.learner.core import LearnerCore
+from services.learner.process_worker import MAX_IN_FLIGHT, ProcessWorker
 from services.learner.worker import (
     EVENT,
     FAILED,
     LABEL,
-    MAX_IN_FLIGHT,
     InlineWorker,
-    ProcessWorker,
     WorkerError,
     core_status,
 )

@@ -14,8 +14,8 @@ from river import linear_model, preprocessing
 from river.datasets import synth
 
 from services.launch import start_service
-from services.monitor.alert_store import AlertStore
 from services.monitor.engine import DriftEngine
+from shared.alert_store import AlertStore
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import SafeProducer
@@ -317,6 +317,7 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     """The learner service reacts at the outcome where the in-process learner does; the
     monitor publishes that as the concept alert with action reset."""
     from services.learner.core import LearnerCore
+    from tests.reference import process
 
     spec_file = tmp_path / "reacting.yaml"
     spec_file.write_text(REACTING)
@@ -325,8 +326,7 @@ def test_the_learner_resets_a_drifted_model_and_the_alert_says_so(settings, tmp_
     core = LearnerCore.from_spec(spec)
     expected_outcomes: list[Outcome] = []
     for i, event in enumerate(events):
-        core.process(event, Lineage(settings.topics.events_valid, 0, i))
-        expected_outcomes += core.outbox
+        expected_outcomes += process(core, event, Lineage(settings.topics.events_valid, 0, i))[1]
     monitor = DriftEngine("drift", "binary", spec.drift)
     expected = [
         a

@@ -20,6 +20,7 @@ from shared.messages import Event, Lineage, Outcome
 from shared.messages.errors import MessageError
 from shared.messages.outcome import Reaction
 from shared.spec import SpecError, parse_spec
+from tests.reference import process
 
 DRIFT_AT = 20_000
 SPEC = """
@@ -46,11 +47,10 @@ def sea(variant_after: int = 3, n: int = 2 * DRIFT_AT) -> Iterator[tuple[dict, b
 
 
 def run(core: LearnerCore, records: list[tuple[dict, bool]], start: int = 0) -> list[Outcome]:
-    """Inline labels, through `process`: every outcome, in order."""
+    """Inline labels, through the reference `process`: every outcome, in order."""
     out: list[Outcome] = []
     for i, (x, y) in enumerate(records, start):
-        core.process(Event(f"e{i}", "u", float(i), x, y), Lineage("features", 0, i))
-        out += core.outbox
+        out += process(core, Event(f"e{i}", "u", float(i), x, y), Lineage("features", 0, i))[1]
     return out
 
 

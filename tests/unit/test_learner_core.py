@@ -7,6 +7,7 @@ from services.learner.core import LearnerCore
 from services.replay.datasets import dataset_events
 from shared.messages import Event, Label, Lineage, MessageError
 from shared.spec import load_spec, parse_spec
+from tests.reference import process, process_label
 
 from .test_spec import ROOT
 
@@ -14,7 +15,7 @@ from .test_spec import ROOT
 def run_core(core, events):
     out = []
     for offset, ev in enumerate(events):
-        out.extend(core.process(ev, Lineage("events", 0, offset)))
+        out.extend(process(core, ev, Lineage("events", 0, offset))[0])
     return out
 
 
@@ -61,7 +62,7 @@ def test_unlabelled_events_are_scored_but_not_learned():
             "name: p\ntask: binary\nmodels: [{name: m, river: river.tree.HoeffdingTreeClassifier}]"
         )
     )
-    out = core.process(Event("e1", "u", 0.0, {"x": 1.0, "gone": None}), Lineage("events", 0, 0))
+    out = process(core, Event("e1", "u", 0.0, {"x": 1.0, "gone": None}), Lineage("events", 0, 0))[0]
     assert out[0].prediction is None or isinstance(out[0].prediction, bool)
     assert core.events_seen == 1
     assert core.labels_learned == 0
@@ -81,7 +82,7 @@ def test_labels_the_task_cannot_learn_are_rejected(task, label):
         parse_spec(f"name: p\ntask: {task}\nmodels: [{{name: m, river: {model}}}]\n")
     )
     with pytest.raises(MessageError) as info:
-        core.process(Event("e1", "u", 0.0, {"x": 1.0}, label), Lineage("events", 0, 0))
+        process(core, Event("e1", "u", 0.0, {"x": 1.0}, label), Lineage("events", 0, 0))
     assert info.value.reason == "bad_label"
     assert core.events_seen == 0
 
@@ -115,15 +116,15 @@ def test_delayed_labels_through_the_ordered_merge_match_river(delay):
             cursors[kind] = offset + 1
         for kind_, offset, msg in merge.pop_ready():
             if kind_ == "label":
-                assert core.process_label(msg) == "joined"
+                assert process_label(core, msg)[0] == "joined"
             else:
-                core.process(msg, Lineage("events", 0, offset))
+                process(core, msg, Lineage("events", 0, offset))
     clock[0] = 10.0
     for kind_, offset, msg in merge.pop_ready():
         if kind_ == "label":
-            assert core.process_label(msg) == "joined"
+            assert process_label(core, msg)[0] == "joined"
         else:
-            core.process(msg, Lineage("events", 0, offset))
+            process(core, msg, Lineage("events", 0, offset))
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
     expected = evaluate.progressive_val_score(
         datasets.Phishing(), model, metrics.Accuracy(), delay=delay
@@ -141,16 +142,18 @@ def test_labels_past_the_horizon_or_unknown_only_count():
     core = LearnerCore.from_spec(spec)
 
     def event(i):
-        core.process(Event(f"e{i}", "u", float(i), {"x": float(i)}), Lineage("events", 0, i))
+        process(core, Event(f"e{i}", "u", float(i), {"x": float(i)}), Lineage("events", 0, i))
 
     for i in range(4):
         event(i)
     assert list(core.pending) == ["e2", "e3"]
     assert core.expired_defaulted == 2  # e0 and e1 learned the default label
     assert core.labels_learned == 2
-    assert core.process_label(Label("e0", "u", 5.0, True)) == "early"  # too late: waits, in vain
-    assert core.process_label(Label("zz", "u", 5.0, True)) == "early"  # never seen
-    assert core.process_label(Label("e3", "u", 5.0, True)) == "joined"
+    assert (
+        process_label(core, Label("e0", "u", 5.0, True))[0] == "early"
+    )  # too late: waits, in vain
+    assert process_label(core, Label("zz", "u", 5.0, True))[0] == "early"  # never seen
+    assert process_label(core, Label("e3", "u", 5.0, True))[0] == "joined"
     assert core.labels_learned == 3
     event(4)
     assert core.labels_unmatched == 0
@@ -161,8 +164,8 @@ def test_labels_past_the_horizon_or_unknown_only_count():
 
 def test_a_label_before_its_event_is_joined_when_the_event_comes():
     core = LearnerCore.from_spec(load_spec(ROOT / "ops/pipelines/phishing.yaml"))
-    assert core.process_label(Label("e1", "u", 1.0, True)) == "early"
-    core.process(Event("e1", "u", 1.0, {"x": 1.0}), Lineage("events", 0, 0))
+    assert process_label(core, Label("e1", "u", 1.0, True))[0] == "early"
+    process(core, Event("e1", "u", 1.0, {"x": 1.0}), Lineage("events", 0, 0))
     assert core.labels_learned == 1
     assert not core.pending
     assert not core.early

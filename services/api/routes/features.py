@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 
 from services.api import models as m
 from services.api.context import ERRORS, ApiError, Ctx, PipelineName, known_pipeline
-from services.features.store import FeatureStore
+from shared.feature_store import FeatureStore
 from shared.messages import MessageError
 
 router = APIRouter()

@@ -41,15 +41,14 @@ def readyz(ctx: Ctx) -> Any:
         if not ctx.reader.learner_running(status, now):
             continue
         info = ctx.reader.latest(pipeline)
+        assert status is not None  # running
         if info is None:
-            if as_int(status.get("events_seen")):
+            if status.events_seen:
                 stale.append(pipeline)  # records applied, none checkpointed yet
             continue
         # An idle learner's checkpoint may be old and still hold everything it learned
-        unsaved = any(
-            as_int(status.get(k)) != as_int(info.meta.get(k))
-            for k in ("events_seen", "labels_learned")
-        )
+        saved = (as_int(info.meta.get("events_seen")), as_int(info.meta.get("labels_learned")))
+        unsaved = (status.events_seen, status.labels_learned) != saved
         if unsaved and now - info.created_at > ctx.settings.api_checkpoint_stale_s:
             stale.append(pipeline)
     body = m.Readiness(

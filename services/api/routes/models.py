@@ -13,23 +13,22 @@ from services.api.context import (
     Ctx,
     ModelName,
     PipelineName,
-    as_float,
     as_int,
     known_model,
     known_pipeline,
 )
 from services.api.predictor import NoModelError
 from services.api.readers import parse_offsets, split_metrics
-from services.api.readers import status_metrics as metrics_of_status
-from services.learner.reaction import REACTION_COUNTS
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.messages import MessageError
 from shared.messages.fields import feature_map
+from shared.snapshot import SnapshotFormatError
+from shared.status import REACTION_COUNTS
 
 router = APIRouter()
 
-# The learner's status fields of its drift reaction (services/learner/worker.core_status)
-REACTION_FIELDS = (*(f"drift_{name}" for name in REACTION_COUNTS), "drift_trials")
+# The learner's drift reaction counts, as the API names them
+REACTIONS = (*REACTION_COUNTS, "trials")
 
 
 @router.get("/pipelines", response_model=m.PipelineList, tags=["pipelines"], responses=ERRORS)
@@ -71,8 +70,10 @@ def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelSt
     # The learner's status (written about once a second) unless the newest checkpoint
     # is fresher, as right after a checkpoint on stopping.
     written = info.created_at if info is not None else 0.0
-    live = status if as_float(status.get("updated_at")) >= written else {}
-    values = metrics_of_status(live, model) or dict(meta.get("metrics", {}).get(model, {}))
+    live = status if status is not None and status.updated_at >= written else None
+    values = (live.metrics.get(model) if live else None) or dict(
+        meta.get("metrics", {}).get(model, {})
+    )
     overall, rolling = split_metrics(values)
     now = time.time()
     checkpoint = (
@@ -107,16 +108,20 @@ def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelSt
         spec=section,
         learning="paused" if model in reader.paused(pipeline) else "learning",
         running=reader.learner_running(status, now),
-        events_seen=as_int(live.get("events_seen", meta.get("events_seen"))),
-        labels_learned=as_int(live.get("labels_learned", meta.get("labels_learned"))),
-        pending_labels=as_int(live.get("pending", meta.get("pending"))),
+        events_seen=live.events_seen if live else as_int(meta.get("events_seen")),
+        labels_learned=live.labels_learned if live else as_int(meta.get("labels_learned")),
+        pending_labels=live.pending if live else as_int(meta.get("pending")),
         metrics=m.Metrics(overall=overall, rolling=rolling),
         last_checkpoint=checkpoint,
         inputs=inputs,
         drift=m.DriftStatus(
             alerts=len(alerts),
             latest=alerts[0] if alerts else None,
-            reactions={k: v for k in REACTION_FIELDS if (v := as_int(status.get(k))) is not None},
+            reactions={
+                f"drift_{name}": count
+                for name, count in (status.reactions if status else {}).items()
+                if name in REACTIONS
+            },
         ),
     )
 
@@ -158,17 +163,18 @@ def versions(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.VersionLis
 def predict(
     ctx: Ctx, pipeline: PipelineName, model: ModelName, body: m.PredictRequest
 ) -> m.PredictResponse:
-    """A prediction on an event's data from the newest checkpoint; nothing is learned."""
+    """A prediction on an event's data from the newest model snapshot (the learner publishes
+    one at each checkpoint); nothing is learned."""
     known_model(ctx, pipeline, model)
     try:
         data = feature_map(body.data, "data")
     except MessageError as exc:
         raise ApiError(422, exc.reason, str(exc)) from exc
     try:
-        answer = ctx.predictor.predict(ctx.reader.checkpoints(pipeline), pipeline, model, data)
+        answer = ctx.predictor.predict(ctx.reader.snapshots(pipeline), model, data)
     except NoModelError as exc:
         raise ApiError(404, "no_checkpoint", str(exc)) from exc
-    except (CheckpointTamperedError, CheckpointFormatError) as exc:
+    except (CheckpointTamperedError, CheckpointFormatError, SnapshotFormatError) as exc:
         raise ApiError(503, "checkpoint_unreadable", str(exc)) from exc
     except (ValueError, TypeError, KeyError) as exc:  # a value the model cannot take
         raise ApiError(422, "model_refused", f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,34 @@
+"""What a model gets for an event's data: shared by the learner and every reader that
+scores with a published model snapshot (shared/snapshot.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from sys import intern
+from typing import Any
+
+from shared.models.vw_model import features_text
+
+
+def features(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Null means missing: River models expect an absent key, not None."""
+    if type(data) is dict and None not in data.values():
+        return data  # the commonest case, without a copy (events are never changed)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def model_input(data: Mapping[str, Any], vw_text: bool) -> Any:
+    """What the models get for an event's data: the features without nulls, as VW's text
+    when every model is VW (see `LearnerCore.vw_text`), else as a dict whose names are
+    interned."""
+    x = features(data)
+    if vw_text:
+        return features_text(x)
+    # Interned names are the models' own dict keys (lookups by identity, about a microsecond
+    # a record), and marshal carries the interning to a model process. msgspec hands out
+    # the same key objects record after record, so this interns each name in place once; a
+    # name interned elsewhere before (a literal in some module) needs the dict rebuilt.
+    for name in x:
+        if intern(name) is not name:
+            return {intern(k): v for k, v in x.items()}
+    return x

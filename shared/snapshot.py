@@ -1,0 +1,93 @@
+"""The model snapshot: what a learner publishes of its models for readers, versioned.
+
+Readers (the API's predictions, a scorer) get the models without the learner's private
+state. After each checkpoint the learner writes one hash, `headwater:<pipeline>:learner:
+snapshot` (shared/keys.py):
+  format   SNAPSHOT_FORMAT of the writer; read before anything is unpickled
+  version  the checkpoint version the models are (predictions carry it as model_version)
+  blob     the pickled `ModelSnapshot`: shared classes only (shared/models adapters)
+  mac      HMAC-SHA256 of the blob with the checkpoint keys, verified before unpickling
+A reader refuses a format it does not read, naming both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.checkpoint.codec import dumps, loads
+from shared.checkpoint.keys import CheckpointKeys
+from shared.keys import PipelineKeys
+from shared.models import ModelAdapter
+from shared.models.inputs import model_input
+
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotFormatError(RuntimeError):
+    """The snapshot was written in a format this reader does not read."""
+
+
+class NoSnapshotError(LookupError):
+    """No learner has published a snapshot of this pipeline yet."""
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    pipeline: str
+    task: str
+    version: int  # the checkpoint version the models are
+    vw_text: bool  # every model is VW: they take VW's text (shared/models/inputs.py)
+    models: dict[str, ModelAdapter]
+    format: int = SNAPSHOT_FORMAT
+
+    def predict(self, model: str, data: dict[str, Any]) -> tuple[Any, Any]:
+        """One model's (prediction, probability per class or None) for an event's data;
+        KeyError for a model not in the snapshot."""
+        return self.models[model].predict(model_input(data, self.vw_text))
+
+
+class SnapshotStore:
+    def __init__(self, client: redis.Redis, pipeline: str, keys: CheckpointKeys | bytes) -> None:
+        self.client = client
+        self.pipeline = pipeline
+        self.key = PipelineKeys(pipeline).learner_snapshot
+        self.keys = keys if isinstance(keys, CheckpointKeys) else CheckpointKeys(keys)
+
+    def publish(self, snapshot: ModelSnapshot) -> None:
+        blob = dumps(snapshot)
+        self.client.hset(
+            self.key,
+            mapping={
+                "format": snapshot.format,
+                "version": snapshot.version,
+                "blob": blob,
+                "mac": self.keys.sign(blob),
+            },
+        )
+
+    def version(self) -> int | None:
+        """The published snapshot's version (one small read), or None."""
+        raw = self.client.hget(self.key, "version")
+        return int(raw) if raw is not None else None
+
+    def load(self) -> ModelSnapshot:
+        fields: dict[bytes, bytes] = self.client.hgetall(self.key)  # type: ignore[assignment]
+        if not fields:
+            raise NoSnapshotError(
+                f"pipeline {self.pipeline!r} has no model snapshot yet (its learner publishes "
+                "one at each checkpoint)"
+            )
+        found = int(fields.get(b"format", b"0"))
+        if found != SNAPSHOT_FORMAT:
+            raise SnapshotFormatError(
+                f"the model snapshot of {self.pipeline!r} has format {found}; this version of "
+                f"Headwater reads format {SNAPSHOT_FORMAT}: run readers and the learner at the "
+                "same version"
+            )
+        snapshot = loads(fields[b"blob"], fields[b"mac"], self.keys, what=f"snapshot {self.key}")
+        if not isinstance(snapshot, ModelSnapshot):
+            raise SnapshotFormatError(f"{self.key} does not hold a model snapshot")
+        return snapshot
