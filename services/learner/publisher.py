@@ -145,7 +145,7 @@ class Publisher:
         predictions, outcomes_out = self._predictions.append, self._outcomes.append
         plan = self._plan
         lags = self._label_lags.append
-        scored = inline = 0
+        scored = inline = learned = 0
         each = iter(results)
         for record in records:
             if isinstance(record.item, Rejected):
@@ -203,6 +203,7 @@ class Publisher:
                             outcomes_out((encode(o), key))
                     if label is not None:  # its metrics before the joined pairs' below
                         update_metrics(plan, label, first)
+                learned += len(joined)  # early labels met at scoring, defaults too
                 for j in joined:
                     _, j_entity, _, _, j_scores, j_label, _, j_lag = j
                     lags(j_lag)
@@ -228,9 +229,9 @@ class Publisher:
                     inline += 1
             else:
                 self._tally[("records", f"label_{first}")] += 1
-                if first == "joined":
-                    self._tally[("labels", "")] += 1
         self.events_seen += scored
+        if learned:
+            self._tally[("labels", "")] += learned
         self._scored += scored
         self._inline_labels += inline
 

@@ -195,6 +195,10 @@ class LearnerService:
         self.consumer.assign(positions)
         self.intake.merge.set_inputs(positions)
         self.worker.wait = self.lease.keep
+        # A standby's first checkpoint comes an interval after it takes over, as the active
+        # learner's did: a checkpoint amid the records it emits again would give them
+        # another model_version than their first emission, and lineage dedupe would fail
+        self.checkpoints.restart_clock()
         self.role = "active"
         self._status_at = 0.0
         self.controls.paused = None

@@ -51,6 +51,10 @@ class Checkpoints(Generic[K, S]):
         self.last_seconds = 0.0
         metrics.unsaved = ownership.unsaved
 
+    def restart_clock(self) -> None:
+        """The interval counts from now: from taking ownership, not from a wait before it."""
+        self.last_at = time.monotonic()
+
     def due(self) -> bool:
         unsaved = self.ownership.unsaved()
         return unsaved > 0 and (

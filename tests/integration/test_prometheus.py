@@ -146,7 +146,12 @@ def test_prometheus_scrapes_every_service_after_a_replay(scraped, ingest_setting
     assert value("sum(headwater_learner_predictions_total)") == EVENTS
     assert value("headwater_learner_event_to_prediction_seconds_count") > 0
     assert value("headwater_learner_label_lag_events_count") == EVENTS
-    assert value('headwater_learner_model_metric{metric="Accuracy"}') > 0.5
+    # the metric gauges follow the learner's status, written about once a second: the
+    # whole replay can pass between two writes
+    wait_until(
+        lambda: (value('headwater_learner_model_metric{metric="Accuracy"}') or 0) > 0.5,
+        "the learner's metric in Prometheus",
+    )
     wait_until(
         lambda: scraped_value(
             'sum(headwater_monitor_records_total{outcome="applied"})', 2 * EVENTS
