@@ -16,6 +16,7 @@ import msgpack
 import msgspec
 
 DEFAULT_MAX_BYTES = 1_048_576
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class CodecError(ValueError):
@@ -59,19 +60,47 @@ def decode(
         )
     if not payload:
         raise CodecError("empty", "record value is empty")
+    if payload[:3] == UTF8_BOM:  # JSON MAY start with one (RFC 8259); no MessagePack value does
+        payload = payload[3:]
+        if not payload.strip():
+            raise CodecError("empty", "record value is a byte-order mark alone")
+        return _decode_json(payload, json_constants)
     if payload.lstrip()[:1] in (b"{", b"["):
         return _decode_json(payload, json_constants)
-    return _decode_msgpack(payload)
+    return _decode_msgpack(payload, json_constants)
 
 
-def _decode_msgpack(payload: bytes) -> Any:
+def is_msgpack_map(payload: bytes) -> bool:
+    """The payload starts as a MessagePack map (an event as Headwater writes it), not JSON."""
+    return bool(payload) and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))
+
+
+def _decode_msgpack(payload: bytes, json_constants: bool) -> Any:
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except msgpack.ExtraData as exc:
+        # `42`, `true`, `"x"`, `null`: a JSON scalar reads as a MessagePack value with bytes
+        # after it; decoded as JSON, the message layer names what it is (not_an_object).
+        scalar = _json_scalar(payload, json_constants)
+        if scalar is not _NOT_JSON:
+            return scalar
         raise CodecError("bad_msgpack", "MessagePack value followed by extra bytes") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         detail = str(exc) or type(exc).__name__  # deep nesting raises with no text
         raise CodecError("bad_msgpack", f"invalid MessagePack: {detail}") from exc
+
+
+_NOT_JSON = object()
+_JSON_SCALAR = re.compile(rb'^\s*(?:-?[0-9]|"|true\b|false\b|null\b|NaN\b|-?Infinity\b)')
+
+
+def _json_scalar(payload: bytes, constants: bool) -> Any:
+    if not _JSON_SCALAR.match(payload):
+        return _NOT_JSON
+    try:
+        return _decode_json(payload, constants)
+    except CodecError:
+        return _NOT_JSON
 
 
 def _reject_constant(name: str) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -19,16 +18,13 @@ class RedisUnavailableError(RuntimeError):
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (and user), for messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
+    """The URL without its user and password, for messages: everything before the last "@"
+    of the authority goes, so a password with an unencoded "@", ":" or "/" goes too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return "<unparseable Redis URL>"
-    if parts.password is None and parts.username is None:
-        return url
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if at else url
 
 
 def _connect(url: str, timeout_s: float, **tls: Any) -> redis.Redis:
@@ -50,11 +46,14 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         tls = {name: path for name, path in files.items() if path}
     try:
         return _connect(url, timeout_s, **tls)
-    except ValueError as exc:  # its message would show the URL
-        raise RedisUnavailableError(
-            f"HEADWATER_REDIS_URL is not a Redis URL ({redacted(url)}): "
-            f"{str(exc).replace(url, redacted(url))}"
-        ) from None
+    except ValueError as exc:
+        if redacted(url) != url:  # the library's message may quote a piece of the password
+            raise RedisUnavailableError(
+                f"HEADWATER_REDIS_URL is not a Redis URL ({redacted(url)}): characters such "
+                "as / # ? in the user or password must be percent-encoded (/ is %2F, # is "
+                "%23, ? is %3F, @ is %40, : is %3A)"
+            ) from None
+        raise RedisUnavailableError(f"HEADWATER_REDIS_URL is not a Redis URL: {exc}") from None
 
 
 class RedisStore:

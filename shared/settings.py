@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         description="The API's /readyz fails when a running learner's newest checkpoint is "
         "older than this.",
     )
+    api_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body the API reads; a larger one is refused with 413 "
+        "before it is read whole.",
+    )
 
     @field_validator(
         "kafka_ssl_ca_location",

@@ -9,10 +9,8 @@ and tests can run the real app against their own Redis and broker.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -21,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.context import ApiError, Context, error_response
+from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
 from services.api.readers import StateReader, Watermarks
 from services.api.routes import admin, drift, features, health, models
@@ -73,17 +72,6 @@ def create_app(
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if hasattr(request.app.state, "requests"):
-            request.app.state.requests.labels(path, request.method, str(response.status_code)).inc()
-            request.app.state.latency.labels(path).observe(time.perf_counter() - started)
-        return response
-
     @app.exception_handler(ApiError)
     async def apierror_response(request: Request, exc: ApiError) -> JSONResponse:
         extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
@@ -91,8 +79,13 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def httperror_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        message = str(exc.detail)
+        if exc.status_code == 413:
+            message = too_large_message(settings.api_max_body_bytes)
+        return error_response(exc.status_code, code, message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -113,6 +106,8 @@ def create_app(
 
     for router in (health.router, models.router, features.router, drift.router, admin.router):
         app.include_router(router)
+    app.add_middleware(RequestMetrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # the outermost
     return app
 
 

@@ -27,10 +27,17 @@ class Answer:
 class Predictor:
     def __init__(self) -> None:
         self._snapshots: dict[str, ModelSnapshot] = {}
-        self._lock = threading.Lock()  # River models are not safe to share across threads
+        # River models are not safe to share across threads: one lock per pipeline, so a
+        # slow model or a snapshot load holds up only its own pipeline's requests
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, pipeline: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(pipeline, threading.Lock())
 
     def predict(self, store: SnapshotStore, model: str, data: dict[str, Any]) -> Answer:
-        with self._lock:
+        with self._lock(store.pipeline):
             snapshot = self._snapshot(store)
             if model not in snapshot.models:
                 raise NoModelError(f"model {model!r} is not in snapshot v{snapshot.version}")

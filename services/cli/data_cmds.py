@@ -98,7 +98,7 @@ def replay(
 ) -> None:
     """Send a recorded stream to the events topic (and labels topic)."""
     from services.replay.pacing import Pacer, parse_speed
-    from services.replay.replayer import replay_file
+    from services.replay.replayer import ReplayInterruptedError, replay_file
     from shared.kafka import SafeProducer, require_topics
     from shared.kafka.connection import KafkaConnection
     from shared.settings import load_settings
@@ -110,7 +110,10 @@ def replay(
     settings = load_settings()
     kafka = KafkaConnection.from_settings(settings)
     written = [settings.topics.events, settings.topics.labels]
-    require_topics(kafka, written, written=written)
+    try:
+        require_topics(kafka, written, written=written)
+    except KeyboardInterrupt:  # before anything was queued: say so, as after
+        raise ReplayInterruptedError(0) from None
     producer = SafeProducer(kafka)
     with _progress() as progress:
         task = progress.add_task(f"replay {file.name}", total=None)

@@ -25,7 +25,7 @@ from services.ingest.fast_path import fast_event
 from services.ingest.normalize import normalise_event, normalise_label
 from services.ingest.recovery import LINEAGE_HEADER, OutputRecovery
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
-from shared.codec import CodecError, decode, encode
+from shared.codec import CodecError, decode, encode, is_msgpack_map
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.connection import KafkaConnection
 from shared.messages import Event, Label, Lineage, MessageError
@@ -270,7 +270,11 @@ class IngestService(PartitionedService[Input]):
             obj = decode(raw, self.settings.max_message_bytes, json_constants=True)
             record, changed = inp.normalise(obj, self.policy)
             # an unchanged MessagePack record travels as it came
-            value = raw if not changed and raw and raw[0] >= 0x80 else encode(record.to_wire())
+            value = (
+                raw
+                if not changed and raw is not None and is_msgpack_map(raw)
+                else encode(record.to_wire())
+            )
         except (CodecError, MessageError) as exc:
             self._errors_in_row = 0
             self._reject(owned, Lineage(topic, partition, offset), msg, again, exc.reason, str(exc))

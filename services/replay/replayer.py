@@ -39,11 +39,10 @@ def replay_file(
     on_sent: Callable[[int], None] = lambda n: None,
 ) -> ReplayResult:
     """Nothing is sent unless every line is valid; returns counts once all are delivered."""
-    total = scan(path)
-    on_validated(total)
     pacer = pacer or Pacer(None)
     result = ReplayResult()
     try:
+        on_validated(scan(path))
         _send_all(path, producer, topics, label_delay, pacer, on_sent, result)
     except KeyboardInterrupt:
         producer.flush()

@@ -47,9 +47,10 @@ class RiverModel:
 
 def canonical_proba(proba: Mapping[Any, float]) -> tuple[Scalar, Proba]:
     """The argmax and the classes in a canonical order: a model that keeps them in a set
-    (KNN) would otherwise list them differently after a restore."""
+    (KNN) would otherwise list them differently after a restore. The argmax is River's
+    `Classifier.predict_one`: on a tie, the first of the greatest in the model's own order."""
     pairs = sorted(((plain(c), float(p)) for c, p in proba.items()), key=_class_order)
-    pred = max(pairs, key=lambda cp: cp[1])[0] if pairs else None
+    pred = plain(max(proba, key=proba.__getitem__)) if proba else None
     return pred, tuple(pairs)
 
 
@@ -61,8 +62,9 @@ def binary_proba(proba: Mapping[Any, float]) -> tuple[Scalar, Proba] | None:
     (c0, p0), (c1, p1) = proba.items()
     if type(c0) is not bool or type(c1) is not bool or c0 is c1:
         return None
+    pred = c1 if p1 > p0 else c0  # River's argmax (`max`): on a tie, the first in the map's order
     p_false, p_true = (float(p0), float(p1)) if c0 is False else (float(p1), float(p0))
-    return p_true > p_false, ((False, p_false), (True, p_true))
+    return pred, ((False, p_false), (True, p_true))
 
 
 def _class_order(pair: tuple[Any, float]) -> tuple[str, Any]:

@@ -31,6 +31,19 @@ _counter = itertools.count()
 BROKER = os.environ.get("HEADWATER_TEST_BROKER", "kafka")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Integration tests time out by pytest-timeout's thread method: a hang inside
+    librdkafka's C code never sees the signal method's alarm. On a timeout it dumps every
+    thread's stack and ends the run."""
+    for item in items:
+        if "integration" not in item.path.parts:
+            continue
+        marker = item.get_closest_marker("timeout")
+        timeout = marker.args[0] if marker is not None and marker.args else None
+        timeout = marker.kwargs.get("timeout", timeout) if marker is not None else None
+        item.add_marker(pytest.mark.timeout(timeout=timeout, method="thread"), append=False)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     with LocalStack(topics={}, broker=BROKER) as s:

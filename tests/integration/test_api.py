@@ -353,3 +353,27 @@ def test_schemathesis_finds_no_server_error(running, tmp_path):
     assert "12 selected / 12 total" in result.stdout  # every operation
     assert "Missing test data" not in result.stdout  # they got past the 404s
     assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-2000:]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(running):
+    """413 with a JSON error, whether the body declares its length or streams in without
+    one; /healthz meanwhile answers at once."""
+    path = f"/pipelines/{PIPELINE}/models/{MODEL}/predict"
+    big = b'{"data": {' + b",".join(b'"f%d": 1' % i for i in range(200_000)) + b"}}"
+    assert len(big) > running.settings.api_max_body_bytes
+    headers = {"content-type": "application/json"}
+    declared = running.post(path, content=big, headers=headers)
+    assert declared.status_code == 413, declared.text
+    assert error_code(declared) == "too_large"
+    assert "HEADWATER_API_MAX_BODY_BYTES" in declared.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:
+        for at in range(0, len(big), 65_536):
+            yield big[at : at + 65_536]
+
+    streamed = running.post(path, content=chunks(), headers=headers)
+    assert streamed.status_code == 413, streamed.text
+    assert error_code(streamed) == "too_large"
+    started = time.monotonic()
+    assert running.get("/healthz").status_code == 200
+    assert time.monotonic() - started < 1.0

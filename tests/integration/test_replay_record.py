@@ -88,7 +88,12 @@ def test_ctrl_c_during_replay_delivers_what_was_queued_and_says_how_much(setting
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4)
+    # Ctrl-C once records flow: a fixed delay raced the command's start-up on a slow machine
+    deadline = time.monotonic() + 60
+    while count_now(settings.kafka_bootstrap, settings.topics.events) == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the replay sent nothing in 60 s"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

@@ -96,3 +96,27 @@ def test_encode_takes_subclasses_as_their_base_type_and_refuses_other_objects():
         encode({"x": object()})
     with pytest.raises(OverflowError):
         encode(2**64)
+
+
+@pytest.mark.parametrize(
+    ("payload", "value"), [(b"42", 42), (b" true", True), (b'"e1"', "e1"), (b"null", None)]
+)
+def test_a_json_scalar_decodes_so_the_message_layer_names_it(payload, value):
+    from shared.messages import Event, MessageError
+
+    assert decode(payload) == value
+    with pytest.raises(MessageError) as info:
+        Event.from_wire(decode(payload))
+    assert info.value.reason == "not_an_object"  # not bad_msgpack
+
+
+def test_json_may_start_with_a_byte_order_mark():
+    from shared.codec import is_msgpack_map
+
+    bom = b"\xef\xbb\xbf"
+    assert decode(bom + b'{"event_id": "e1"}') == {"event_id": "e1"}
+    assert not is_msgpack_map(bom + b'{"event_id": "e1"}')  # ingest re-encodes it
+    assert is_msgpack_map(encode({"event_id": "e1"}))
+    with pytest.raises(CodecError) as info:
+        decode(bom)
+    assert info.value.reason == "empty"

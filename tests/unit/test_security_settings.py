@@ -1,5 +1,7 @@
 """Security settings: how they map onto every client, and that secrets stay out of sight."""
 
+import re
+
 import faust
 import pytest
 from confluent_kafka import KafkaError
@@ -144,6 +146,27 @@ def test_the_redis_url_is_a_secret_and_redacted_in_messages():
     assert PASSWORD not in repr(settings)
     assert redacted(settings.redis_url.get_secret_value()) == "redis://***@cache:6380/2"
     assert redacted("rediss://cache:6380/0") == "rediss://cache:6380/0"
+
+
+def test_a_password_with_an_unencoded_at_sign_is_read_whole():
+    from shared.redis_store import redis_client
+
+    url = "redis://worker:p@ss:w0rd@cache:6380/2"
+    assert redacted(url) == "redis://***@cache:6380/2"
+    client = redis_client(Settings(redis_url=url))  # connects lazily
+    assert client.connection_pool.connection_kwargs["password"] == "p@ss:w0rd"
+
+
+@pytest.mark.parametrize("password", ["s3cr3t/Pa55", "Xq9#Zr7?Wk2"])
+def test_a_password_that_breaks_the_url_is_never_shown(password):
+    from shared.redis_store import RedisUnavailableError, redis_client
+
+    url = f"redis://worker:{password}@cache:6380/2"
+    assert redacted(url) == "redis://***@cache:6380/2"
+    with pytest.raises(RedisUnavailableError, match="must be percent-encoded") as info:
+        redis_client(Settings(redis_url=url))
+    pieces = [p for p in re.split(r"[/#?]", password) if p]
+    assert not any(piece in str(info.value) for piece in pieces), str(info.value)
 
 
 @pytest.mark.parametrize(
