@@ -87,6 +87,9 @@ def test_ctrl_c_during_replay_delivers_what_was_queued_and_says_how_much(setting
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite run in the background (nohup, `&` in a script) passes
+        # SIGINT on ignored, and a Python started so never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Ctrl-C once records flow: a fixed delay raced the command's start-up on a slow machine
     deadline = time.monotonic() + 60
