@@ -101,9 +101,6 @@ class Ownership(Generic[K, S]):
     def __contains__(self, key: object) -> bool:
         return key in self.owned
 
-    def __len__(self) -> int:
-        return len(self.owned)
-
     def keys(self) -> list[K]:
         return list(self.owned)
 
