@@ -25,10 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +216,11 @@ class StreamMetrics:
             ),
             checkpoint=CheckpointMetrics(m),
         )
+
+
+def serve_metrics(service: str, settings: Settings) -> ServiceMetrics:
+    """A service's metrics, exposed on HEADWATER_METRICS_PORT (once per process: they
+    outlive the service's restarts)."""
+    metrics = ServiceMetrics(service)
+    metrics.serve(settings.metrics_port)
+    return metrics

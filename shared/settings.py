@@ -153,6 +153,16 @@ class Settings(BaseSettings):
         10.0, gt=0, description="...or after this many seconds, whichever comes first."
     )
     checkpoints_kept: int = Field(10, ge=1, le=1000, description="Checkpoint versions kept.")
+    checkpoint_topic: str = Field(
+        "headwater.checkpoints",
+        description="Compacted topic holding a copy of every unit's newest checkpoint, "
+        "restored from when Redis lost it (empty: no copy, Redis is the only one).",
+    )
+    reset_state: bool = Field(
+        False,
+        description="Start fresh when no checkpoint exists although the consumer group "
+        "committed offsets (the state was lost); `headwater run --reset` sets it.",
+    )
     lease_ttl_s: float = Field(
         5.0,
         ge=0.5,

@@ -91,6 +91,8 @@ def stack(
         console.print("Press Ctrl-C to stop.", style="dim")
         with stop_on_signals() as stop:
             while not stop.wait(0.5):
+                if s.revive_redis():
+                    console.print("Redis had exited: started again from its append-only file")
                 for proc in s.processes():
                     if not proc.alive():
                         raise fail(f"{proc.name} exited unexpectedly:\n{proc.log_tail()}")
@@ -101,6 +103,14 @@ def stack(
 def run(
     service: Annotated[ServiceName, typer.Argument(help="Service to run.")],
     spec: SpecOption,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Start fresh where the state was lost (no checkpoint, yet the consumer "
+            "group committed offsets): the inputs are processed again from the start.",
+        ),
+    ] = False,
 ) -> None:
     """Run one service against HEADWATER_KAFKA_BOOTSTRAP and HEADWATER_REDIS_URL."""
     import faulthandler
@@ -109,7 +119,7 @@ def run(
     from shared.shutdown import stop_on_signals
     from shared.spec import load_spec
 
-    settings = load_settings()
+    settings = load_settings(**({"reset_state": True} if reset else {}))
     configure_logging(settings.log_level, settings.log_format)
     # `kill -USR1 PID` writes every thread's stack to stderr: for a service that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

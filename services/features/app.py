@@ -6,14 +6,16 @@ import threading
 
 from services.features.engine import FeatureEngine
 from services.features.service import FeaturesService, features_metrics
+from shared.checkpoint.log import CheckpointLog, checkpoint_log
 from shared.checkpoint.store import CheckpointStore
 from shared.feature_store import FeatureStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.keys import PipelineKeys
-from shared.metrics import ServiceMetrics
+from shared.metrics import StreamMetrics, serve_metrics
 from shared.redis_store import RedisStore
 from shared.runtime.partitioned import instance_name
+from shared.runtime.restarts import run_restarting
 from shared.runtime.status import StatusWriter
 from shared.settings import Settings
 from shared.spec import PipelineSpec
@@ -23,7 +25,14 @@ class FeaturesConfigError(ValueError):
     pass
 
 
-def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
+def build_features(
+    settings: Settings,
+    spec: PipelineSpec,
+    metrics: StreamMetrics | None = None,
+    copies: CheckpointLog | None = None,
+) -> FeaturesService:
+    """`metrics`: kept across restarts (None: new ones, served); `copies`: the checkpoint
+    topic (None: checkpoints only in Redis)."""
     if spec.features is None:
         raise FeaturesConfigError(f"pipeline {spec.name!r} declares no `features:` section")
     topics = settings.topics
@@ -40,8 +49,6 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         )
     redis = RedisStore.from_settings(settings)
     redis.ping()
-    metrics = ServiceMetrics("features")
-    metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.features",
@@ -56,13 +63,20 @@ def build_features(settings: Settings, spec: PipelineSpec) -> FeaturesService:
         SafeProducer(kafka),
         FeatureStore(redis.client, spec.name, spec.features.entity_ttl),
         lambda p: CheckpointStore(
-            redis.client, spec.name, f"features-p{p}", keys, keep=settings.checkpoints_kept
+            redis.client,
+            spec.name,
+            f"features-p{p}",
+            keys,
+            keep=settings.checkpoints_kept,
+            copies=copies,
         ),
         settings,
-        features_metrics(metrics),
+        metrics or features_metrics(serve_metrics("features", settings)),
         StatusWriter(redis.client, status_key),
     )
 
 
 def run_features(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
-    build_features(settings, spec).run(stop)
+    metrics = features_metrics(serve_metrics("features", settings))
+    with checkpoint_log(settings) as copies:
+        run_restarting("features", lambda: build_features(settings, spec, metrics, copies), stop)

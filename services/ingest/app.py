@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 
 from services.ingest.service import IngestService, ingest_metrics
+from shared.checkpoint.log import CheckpointLog, checkpoint_log
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, check_record_limits, require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.keys import PipelineKeys
-from shared.metrics import ServiceMetrics
+from shared.metrics import StreamMetrics, serve_metrics
 from shared.redis_store import RedisStore
 from shared.runtime.partitioned import instance_name
+from shared.runtime.restarts import run_restarting
 from shared.runtime.status import StatusWriter
 from shared.settings import Settings
 from shared.spec import PipelineSpec
@@ -21,7 +23,14 @@ class IngestConfigError(ValueError):
     pass
 
 
-def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
+def build_ingest(
+    settings: Settings,
+    spec: PipelineSpec,
+    metrics: StreamMetrics | None = None,
+    copies: CheckpointLog | None = None,
+) -> IngestService:
+    """`metrics`: kept across restarts (None: new ones, served); `copies`: the checkpoint
+    topic (None: checkpoints only in Redis)."""
     topics = settings.topics
     inputs, outputs = [topics.events, topics.labels], [topics.events_valid, topics.labels_valid]
     loops = sorted(set(inputs) & {*outputs, topics.events_dlq})
@@ -38,8 +47,6 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
     check_record_limits(kafka, outputs, settings.max_message_bytes)
     redis = RedisStore.from_settings(settings)
     redis.ping()
-    metrics = ServiceMetrics("ingest")
-    metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.ingest",
@@ -53,14 +60,21 @@ def build_ingest(settings: Settings, spec: PipelineSpec) -> IngestService:
         consumer,
         SafeProducer(kafka),
         lambda kind, p: CheckpointStore(
-            redis.client, spec.name, f"ingest-{kind}s-p{p}", keys, keep=settings.checkpoints_kept
+            redis.client,
+            spec.name,
+            f"ingest-{kind}s-p{p}",
+            keys,
+            keep=settings.checkpoints_kept,
+            copies=copies,
         ),
         settings,
         kafka,
-        ingest_metrics(metrics),
+        metrics or ingest_metrics(serve_metrics("ingest", settings)),
         StatusWriter(redis.client, status_key),
     )
 
 
 def run_ingest(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
-    build_ingest(settings, spec).run(stop)
+    metrics = ingest_metrics(serve_metrics("ingest", settings))
+    with checkpoint_log(settings) as copies:
+        run_restarting("ingest", lambda: build_ingest(settings, spec, metrics, copies), stop)

@@ -238,7 +238,7 @@ class IngestService(PartitionedService[Input]):
                 counts["valid"] += 1
                 produce(
                     inp.out_topic,
-                    raw,  # type: ignore[arg-type]
+                    raw,
                     fast.entity.encode(),
                     [(LINEAGE_HEADER, inp.lineage_format % offset)],
                 )

@@ -10,18 +10,27 @@ from services.learner.process_worker import start_worker
 from services.learner.publisher import LearnerMetrics
 from services.learner.service import LearnerService
 from shared.checkpoint.lease import Lease
+from shared.checkpoint.log import CheckpointLog, checkpoint_log
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import BatchConsumer, SafeProducer, require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.keys import PipelineKeys
-from shared.metrics import ServiceMetrics
+from shared.metrics import serve_metrics
 from shared.ordering import OrderedMerge
 from shared.redis_store import RedisStore
+from shared.runtime.restarts import run_restarting
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
 
-def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
+def build_learner(
+    settings: Settings,
+    spec: PipelineSpec,
+    metrics: LearnerMetrics | None = None,
+    copies: CheckpointLog | None = None,
+) -> LearnerService:
+    """`metrics`: kept across restarts (None: new ones, served); `copies`: the checkpoint
+    topic (None: checkpoints only in Redis)."""
     topics = settings.topics
     # With a `features:` section the learner reads the features service's output; labels
     # come through ingest (labels.valid).
@@ -35,8 +44,6 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
     store.ping()
     # For readers (the API): the spec this learner runs, as JSON.
     store.client.set(PipelineKeys(spec.name).learner_spec, json.dumps(spec.describe(), default=str))
-    metrics = ServiceMetrics("learner")
-    metrics.serve(settings.metrics_port)
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.learner",
@@ -50,10 +57,17 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
         SafeProducer(kafka),
         settings,
         store,
-        CheckpointStore(store.client, spec.name, "learner", keys, keep=settings.checkpoints_kept),
+        CheckpointStore(
+            store.client,
+            spec.name,
+            "learner",
+            keys,
+            keep=settings.checkpoints_kept,
+            copies=copies,
+        ),
         Lease(store.client, PipelineKeys(spec.name).learner_lease, settings.lease_ttl_s),
         {source: partitions[source], labels: partitions[labels]},
-        LearnerMetrics.create(metrics),
+        metrics or LearnerMetrics.create(serve_metrics("learner", settings)),
         # No "caught up" shortcut: a cached high watermark can be stale while a producer is
         # still writing the other topic, and then fetch timing would decide the order.
         OrderedMerge(settings.merge_idle_ms / 1000),
@@ -67,4 +81,6 @@ def build_learner(settings: Settings, spec: PipelineSpec) -> LearnerService:
 
 
 def run_learner(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
-    build_learner(settings, spec).run(stop)
+    metrics = LearnerMetrics.create(serve_metrics("learner", settings))
+    with checkpoint_log(settings) as copies:
+        run_restarting("learner", lambda: build_learner(settings, spec, metrics, copies), stop)

@@ -49,11 +49,16 @@ class LearnerStateKind(StateKind[str, LearnerState]):
     unit = "pipeline"
 
     def __init__(
-        self, store: CheckpointStore, fresh: LearnerCore, snapshots: SnapshotStore
+        self,
+        store: CheckpointStore,
+        fresh: LearnerCore,
+        snapshots: SnapshotStore,
+        inputs: list[tuple[str, int]],
     ) -> None:
         self._store = store
         self._fresh = fresh
         self.snapshots = snapshots
+        self._inputs = inputs
 
     def store(self, key: str) -> CheckpointStore:
         return self._store
@@ -94,6 +99,9 @@ class LearnerStateKind(StateKind[str, LearnerState]):
 
     def offsets(self, key: str, owned: Owned[LearnerState]) -> Offsets:
         return owned.state.offsets
+
+    def inputs(self, key: str) -> list[tuple[str, int]]:
+        return self._inputs
 
     def persisted(self, key: str, owned: Owned[LearnerState], version: int) -> None:
         """The models, published for readers (the API) as the versioned snapshot. A Redis

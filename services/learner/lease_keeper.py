@@ -11,7 +11,7 @@ import redis
 
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
-from shared.runtime.ownership import FencedError
+from shared.runtime.ownership import FencedError, StateLostError
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,29 @@ class LeaseKeeper:
             log.warning("lease renewal failed; retrying", extra={"fields": {"error": str(exc)}})
             return
         if not renewed:
-            if self.store.current_epoch() != self.epoch:
-                raise FencedError("the lease was lost: another learner took over this pipeline")
+            self._check_epoch()
             if not self.lease.try_acquire():
                 raise FencedError("the lease was lost: another learner holds it")
-            if self.store.current_epoch() != self.epoch:
+            try:
+                self._check_epoch()
+            except FencedError:
                 self.lease.release()  # taken over in between: leave it to the new owner
-                raise FencedError("the lease was lost: another learner took over this pipeline")
+                raise
             log.warning("lease had lapsed with no other owner; taken back")
         self._renewed_at = now
+
+    def _check_epoch(self) -> None:
+        """Raise unless the checkpoint store's epoch is still this learner's."""
+        current = self.store.current_epoch()
+        if current == self.epoch:
+            return
+        if self.epoch is not None and current < self.epoch:
+            raise StateLostError(
+                f"state lost: Redis no longer holds the learner's state (its epoch is {current}, "
+                f"this learner's {self.epoch}): Redis restarted without persistence, or was "
+                "replaced"
+            )
+        raise FencedError("the lease was lost: another learner took over this pipeline")
 
     def release(self) -> None:
         try:

@@ -87,7 +87,16 @@ class LearnerService:
         self.state = LearnerState(fresh)
         self._unit: Owned[LearnerState] | None = None  # the state, once this one is active
         snapshots = SnapshotStore(store.client, fresh.pipeline, checkpoints.keys)
-        self.ownership = Ownership(LearnerStateKind(checkpoints, fresh, snapshots))
+        self.ownership = Ownership(
+            LearnerStateKind(
+                checkpoints,
+                fresh,
+                snapshots,
+                [(t, p) for t, n in input_partitions.items() for p in range(n)],
+            ),
+            consumer.committed,
+            settings.reset_state,
+        )
         # A standby owns nothing: its checkpoint age stays 0, not an alert.
         self.checkpoints = Checkpoints(
             self.ownership,

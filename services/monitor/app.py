@@ -21,6 +21,7 @@ from mode.utils.times import Seconds
 from services.monitor.credentials import faust_credentials
 from services.monitor.service import EVENTS, FEATURES, OUTCOMES, MonitorMetrics, MonitorService
 from shared.alert_store import AlertStore
+from shared.checkpoint.log import CheckpointLog, checkpoint_log
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
 from shared.kafka.connection import KafkaConnection
@@ -48,8 +49,9 @@ def monitor_inputs(settings: Settings, spec: PipelineSpec) -> dict[str, str]:
 
 
 def build_monitor(
-    settings: Settings, spec: PipelineSpec, datadir: str
+    settings: Settings, spec: PipelineSpec, datadir: str, copies: CheckpointLog | None = None
 ) -> tuple[faust.App, MonitorService]:
+    """`copies`: the checkpoint topic (None: checkpoints only in Redis)."""
     inputs = monitor_inputs(settings, spec)
     topics = settings.topics
     keys = settings.checkpoint_keys()
@@ -102,7 +104,12 @@ def build_monitor(
         settings,
         inputs,
         lambda t, p: CheckpointStore(
-            redis.client, spec.name, f"monitor-{t}-p{p}", keys, keep=settings.checkpoints_kept
+            redis.client,
+            spec.name,
+            f"monitor-{t}-p{p}",
+            keys,
+            keep=settings.checkpoints_kept,
+            copies=copies,
         ),
         AlertStore(redis.client, spec.name),
         send,
@@ -181,8 +188,11 @@ def _reader(service: MonitorService) -> Any:
 
 def run_monitor(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
     """Run until `stop` is set; a failure inside faust (an agent's crash) is raised here."""
-    with tempfile.TemporaryDirectory(prefix="headwater-monitor-") as datadir:
-        app, service = build_monitor(settings, spec, datadir)
+    with (
+        tempfile.TemporaryDirectory(prefix="headwater-monitor-") as datadir,
+        checkpoint_log(settings) as copies,
+    ):
+        app, service = build_monitor(settings, spec, datadir, copies)
         asyncio.run(_serve(app, service, stop))
         log.info("monitor stopped", extra={"fields": dict(service.counts)})
 

@@ -262,6 +262,18 @@ class BatchConsumer:
             last[(topic, partition)] = offset
         self.store(last)
 
+    def committed(
+        self, partitions: list[tuple[str, int]], timeout: float = 10.0
+    ) -> dict[tuple[str, int], int]:
+        """The group's committed offset of each partition that has one: evidence that the
+        group processed records there before."""
+        if not partitions:
+            return {}
+        found = self._consumer.committed(
+            [TopicPartition(t, p) for t, p in partitions], timeout=timeout
+        )
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def store(self, handled: dict[tuple[str, int], int]) -> None:
         """Store, per (topic, partition), the offset after the last handled record."""
         if handled:

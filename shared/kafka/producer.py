@@ -98,7 +98,7 @@ class SafeProducer:
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
         partition: int | None = None,

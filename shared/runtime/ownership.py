@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +21,7 @@ from shared.checkpoint.store import (
     CheckpointNotFoundError,
     CheckpointStore,
     StaleEpochError,
+    StoreResetError,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,20 @@ UNVERSIONED = 1  # checkpoints written before formats were recorded hold format 
 
 class FencedError(RuntimeError):
     """Another instance took over state this one owned: it must stop acting as its owner."""
+
+
+class StateLostError(FencedError):
+    """Redis lost the state while this instance owned it (nobody took over): the service
+    starts again from its checkpoints, which the checkpoint log puts back."""
+
+
+class FreshStartRefusedError(RuntimeError):
+    """No checkpoint anywhere, yet the inputs show earlier progress: starting fresh would
+    process the whole stream again under new lineage."""
+
+
+# The offsets a service's consumer group committed on the given input partitions.
+Committed = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +96,10 @@ class StateKind(ABC, Generic[K, S]):
         """The unit's next input offsets: by default, one partition's, named by the key."""
         return {key: owned.next_offset}  # type: ignore[dict-item]
 
+    def inputs(self, key: K) -> list[tuple[str, int]]:
+        """The input partitions whose progress the unit's state records."""
+        return [key]  # type: ignore[list-item]
+
     def persisted(self, key: K, owned: Owned[S], version: int) -> None:
         """Called after the unit's checkpoint is written."""
 
@@ -93,8 +112,14 @@ class StateKind(ABC, Generic[K, S]):
 class Ownership(Generic[K, S]):
     """The units this instance owns, keyed (for a partitioned service) by (topic, partition)."""
 
-    def __init__(self, kind: StateKind[K, S]) -> None:
+    def __init__(
+        self, kind: StateKind[K, S], committed: Committed | None = None, reset: bool = False
+    ) -> None:
+        """`committed`: asked when a unit has no checkpoint, for evidence of earlier
+        progress; `reset`: start such a unit fresh all the same (`--reset`)."""
         self.kind = kind
+        self.committed = committed
+        self.reset = reset
         self.owned: dict[K, Owned[S]] = {}
         self.get = self.owned.get  # bound once: looked up per record
 
@@ -112,10 +137,12 @@ class Ownership(Generic[K, S]):
             return owned
         kind = self.kind
         store = kind.store(key)
+        recovered = store.recover()
         epoch = store.new_epoch()
         try:
             info, saved = store.load()
         except CheckpointNotFoundError:
+            self._refuse_fresh_start(key, store)
             state, next_offset = kind.fresh(key)
             version = None
         else:
@@ -127,7 +154,11 @@ class Ownership(Generic[K, S]):
         log.info(
             "%s %s",
             kind.unit,
-            "restored" if version is not None else "taken, no checkpoint yet",
+            "taken, no checkpoint yet"
+            if version is None
+            else "restored from the checkpoint topic"
+            if recovered is not None
+            else "restored",
             extra={
                 "fields": {
                     "service": kind.service,
@@ -139,6 +170,31 @@ class Ownership(Generic[K, S]):
             },
         )
         return owned
+
+    def _refuse_fresh_start(self, key: K, store: CheckpointStore) -> None:
+        """Raise when the consumer group committed offsets on the unit's inputs: its state
+        existed and is lost (Redis and the checkpoint topic hold none)."""
+        if self.committed is None:
+            return
+        progress = {tp: o for tp, o in self.committed(self.kind.inputs(key)).items() if o > 0}
+        if not progress:
+            return
+        where = ", ".join(f"{t}[{p}] at offset {o}" for (t, p), o in sorted(progress.items()))
+        kind = self.kind
+        if self.reset:
+            log.warning(
+                "state lost; starting fresh as asked (--reset)",
+                extra={"fields": {"unit": kind.describe(key), "committed": where}},
+            )
+            return
+        raise FreshStartRefusedError(
+            f"state lost: {kind.service} has no checkpoint of {kind.describe(key)} in Redis "
+            f"({store.base}:*) nor on the checkpoint topic, yet its consumer group committed "
+            f"{where}: the state that processing built is gone. Starting fresh would process "
+            "those records again under new lineage. Restore Redis (or the checkpoint topic) "
+            "from a backup, or run the service with --reset (HEADWATER_RESET_STATE=true) to "
+            "start over deliberately."
+        )
 
     def _check_format(self, key: K, store: CheckpointStore, info: CheckpointInfo) -> None:
         kind = self.kind
@@ -178,6 +234,12 @@ class Ownership(Generic[K, S]):
             meta = {"reason": reason, FORMAT: kind.format, **kind.meta(key, owned)}
             try:
                 version = owned.store.write(owned.epoch, kind.freeze(key, owned), meta)
+            except StoreResetError as exc:
+                raise StateLostError(
+                    f"state lost: Redis no longer holds {kind.service}'s state of "
+                    f"{kind.describe(key)} ({exc}: restarted without persistence, or "
+                    "replaced); restoring from the checkpoint topic"
+                ) from exc
             except StaleEpochError as exc:
                 raise FencedError(
                     f"{kind.service} {kind.describe(key)} was taken over by another "

@@ -59,7 +59,7 @@ class PartitionedService(ABC, Generic[S]):
         self.producer = producer
         self.settings = settings
         self.metrics = metrics
-        self.ownership = Ownership(kind)
+        self.ownership = Ownership(kind, consumer.committed, settings.reset_state)
         self.owned = self.ownership.owned
         self.checkpoints = Checkpoints(
             self.ownership,

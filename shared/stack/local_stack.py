@@ -111,6 +111,8 @@ class LocalStack:
         return self
 
     def _start_redis(self) -> None:
+        """With an append-only file in its directory, written to disk every second: a
+        Redis killed and started again comes back with its data (all but the last second)."""
         self.redis = ManagedProcess(
             "redis",
             [
@@ -122,7 +124,9 @@ class LocalStack:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 str(self._redis_dir),
                 "--daemonize",
@@ -132,6 +136,18 @@ class LocalStack:
         if not wait_for_port(self.redis_port, self.start_timeout, self.redis.proc):
             raise StackError(f"Redis did not start on {self.redis_url}:\n{self.redis.log_tail()}")
         RedisStore(self.redis_url).wait_ready(self.start_timeout)
+
+    def revive_redis(self) -> bool:
+        """Start Redis again, on its port and from its append-only file, if it died; True
+        when it had to be. Services ride out the gap (their Redis calls retry)."""
+        if self.redis is None or self.redis.alive():
+            return False
+        log.warning(
+            "Redis exited; starting it again", extra={"fields": {"tail": self.redis.log_tail(5)}}
+        )
+        self.redis.cleanup()
+        self._start_redis()
+        return True
 
     def stop(self) -> None:
         if self.redis is not None:

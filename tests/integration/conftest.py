@@ -83,8 +83,13 @@ def ingest_settings(stack: LocalStack, request: pytest.FixtureRequest) -> Settin
 
 
 def _settings(stack: LocalStack, topics: TopicNames) -> Settings:
+    """The test's own topics, checkpoint topic included: tests share pipeline names, and a
+    service finding Redis empty would restore another test's checkpoint from a shared one."""
     return stack.settings(
-        topics=topics, consumer_group_prefix=f"g{next(_counter)}", log_format="text"
+        topics=topics,
+        consumer_group_prefix=f"g{next(_counter)}",
+        log_format="text",
+        checkpoint_topic=f"{topics.events}.checkpoints",
     )
 
 
@@ -95,6 +100,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "HEADWATER_REDIS_URL": settings.redis_url.get_secret_value(),
         "HEADWATER_ALLOW_DEV_CHECKPOINT_KEY": str(settings.allow_dev_checkpoint_key).lower(),
         "HEADWATER_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "HEADWATER_CHECKPOINT_TOPIC": settings.checkpoint_topic,
         "HEADWATER_LOG_FORMAT": "text",
     }
     for field, name in settings.topics.model_dump().items():

@@ -14,6 +14,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Message
 
 from shared.checkpoint.keys import CheckpointKeys
+from shared.checkpoint.log import CheckpointLog
 from shared.checkpoint.store import CheckpointStore
 from shared.codec import encode
 from shared.kafka import BatchConsumer, SafeProducer
@@ -33,11 +34,18 @@ class CountsKind(StateKind[Partition, Counts]):
 
     service = "counter"
 
-    def __init__(self, client: redis.Redis, pipeline: str, keys: CheckpointKeys) -> None:
-        self.client, self.pipeline, self.keys = client, pipeline, keys
+    def __init__(
+        self,
+        client: redis.Redis,
+        pipeline: str,
+        keys: CheckpointKeys,
+        copies: CheckpointLog | None = None,
+    ) -> None:
+        self.client, self.pipeline, self.keys, self.copies = client, pipeline, keys, copies
 
     def store(self, key: Partition) -> CheckpointStore:
-        return CheckpointStore(self.client, self.pipeline, f"counter-p{key[1]}", self.keys)
+        name = f"counter-p{key[1]}"
+        return CheckpointStore(self.client, self.pipeline, name, self.keys, copies=self.copies)
 
     def fresh(self, key: Partition) -> tuple[Counts, int]:
         return Counter(), OFFSET_BEGINNING
@@ -47,12 +55,18 @@ class CounterService(PartitionedService[Counts]):
     name = "counter"
 
     def __init__(
-        self, settings: Settings, pipeline: str, source: str, sink: str, client: redis.Redis
+        self,
+        settings: Settings,
+        pipeline: str,
+        source: str,
+        sink: str,
+        client: redis.Redis,
+        copies: CheckpointLog | None = None,
     ) -> None:
         metrics = StreamMetrics.create(ServiceMetrics("counter"), "counted")
         status_key = PipelineKeys(pipeline).instance_status("counter", instance_name())
         super().__init__(
-            CountsKind(client, pipeline, settings.checkpoint_keys()),
+            CountsKind(client, pipeline, settings.checkpoint_keys(), copies),
             BatchConsumer(
                 settings.kafka_bootstrap, f"{settings.consumer_group_prefix}.counter", [source]
             ),

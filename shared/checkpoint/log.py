@@ -1,0 +1,235 @@
+"""A copy of every unit's newest checkpoint on a compacted Kafka topic, outliving Redis.
+
+Redis holds the checkpoints services read and write; losing it (no persistence, a replaced
+instance) would otherwise lose all state. After each checkpoint the store also writes it
+here, and a unit that Redis has never seen is first put back from here (DESIGN §4).
+
+Records on the topic's one partition, keyed so that compaction keeps one checkpoint per unit:
+  <base>                  the manifest: version, epoch, MAC, meta, chunk id and count
+  <base>#<chunk id>#<i>   the blob's i-th slice (blobs can exceed the broker's record limit)
+The chunks go first, then the manifest; the previous manifest's chunks are deleted
+(tombstones) only once the new one is delivered, so a reader always finds the chunks its
+manifest names. The blob's MAC is checked by the store on load, as for Redis' copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from shared.kafka.admin import Admin, TopicError
+from shared.kafka.connection import KafkaConnection
+from shared.kafka.producer import DeliveryError, SafeProducer
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 512 * 1024  # well under the default broker record limit (1 MiB)
+PARTITION = 0
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """One checkpoint as the log holds it: what the store needs to put it back."""
+
+    version: int
+    epoch: int
+    blob: bytes
+    mac: bytes
+    meta: str  # JSON, as the store keeps it
+    chunk_id: str
+    chunks: int
+
+
+class CheckpointLogError(RuntimeError):
+    pass
+
+
+class CheckpointLog:
+    """Writes and reads the checkpoint topic; one per process, shared by its stores."""
+
+    def __init__(
+        self, where: KafkaConnection | str, topic: str, *, timeout_s: float = 10.0
+    ) -> None:
+        self.connection = KafkaConnection.of(where)
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._producer: SafeProducer | None = None
+        self._ensured = False
+
+    def ensure_topic(self) -> None:
+        """Create the topic (one partition, compacted) unless it exists."""
+        if self._ensured:
+            return
+        admin = Admin(self.connection)
+        if self.topic not in admin.topics(self.timeout_s):
+            from confluent_kafka.cimpl import NewTopic
+
+            futures = admin.client.create_topics(
+                [NewTopic(self.topic, 1, 1, config={"cleanup.policy": "compact"})],
+                request_timeout=self.timeout_s,
+            )
+            try:
+                futures[self.topic].result(self.timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(
+                        f"cannot create the checkpoint topic {self.topic!r} "
+                        f"(HEADWATER_CHECKPOINT_TOPIC): {exc.args[0].str()}; create it with "
+                        "cleanup.policy=compact, or grant Create on it"
+                    ) from exc
+        self._ensured = True
+
+    def put(self, base: str, saved: SavedCheckpoint, previous: tuple[str, int] | None) -> None:
+        """Write a checkpoint and wait until the broker has it; then drop `previous` (the
+        chunk id and count of the copy it replaces). Raises DeliveryError if undelivered."""
+        producer = self._writer()
+        blob = saved.blob
+        for i, start in enumerate(range(0, max(len(blob), 1), CHUNK_BYTES)):
+            producer.produce(
+                self.topic,
+                blob[start : start + CHUNK_BYTES],
+                chunk_key(base, saved.chunk_id, i),
+                partition=PARTITION,
+            )
+        manifest = {
+            "version": saved.version,
+            "epoch": saved.epoch,
+            "mac": saved.mac,
+            "meta": saved.meta,
+            "chunk_id": saved.chunk_id,
+            "chunks": saved.chunks,
+            "bytes": len(blob),
+        }
+        producer.produce(self.topic, msgpack.packb(manifest), base.encode(), partition=PARTITION)
+        producer.flush(self.timeout_s)
+        if previous is not None and previous[0] != saved.chunk_id:
+            chunk_id, count = previous
+            for i in range(count):
+                producer.produce(
+                    self.topic, None, chunk_key(base, chunk_id, i), partition=PARTITION
+                )
+            producer.poll()
+
+    def latest(self, base: str) -> SavedCheckpoint | None:
+        """The newest checkpoint of `base` on the topic, or None. Reads the topic to its
+        end (only when Redis lost the unit, or never had it). No topic: None."""
+        if self.topic not in Admin(self.connection).topics(self.timeout_s):
+            return None
+        consumer = Consumer(
+            self.connection.config(
+                {
+                    "group.id": "headwater-checkpoint-log",  # never joins: assigned by hand
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "fetch.message.max.bytes": 4 * CHUNK_BYTES,
+                }
+            )
+        )
+        try:
+            return self._scan(consumer, base)
+        finally:
+            consumer.close()
+
+    def _scan(self, consumer: Consumer, base: str) -> SavedCheckpoint | None:
+        """To the end of the partition, as the broker reports it (not a high watermark
+        asked first: Tansu's can lag the records it serves)."""
+        manifest: dict[str, Any] | None = None
+        chunks: dict[bytes, bytes] = {}
+        whole = base.encode()
+        prefix = whole + b"#"
+        consumer.assign([TopicPartition(self.topic, PARTITION, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + max(self.timeout_s, 60.0)
+        while True:
+            if time.monotonic() > deadline:
+                raise CheckpointLogError(
+                    f"reading the checkpoint topic {self.topic!r} did not reach its end in time"
+                )
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    break
+                raise CheckpointLogError(f"cannot read the checkpoint topic: {err.str()}")
+            key, value = msg.key(), msg.value()
+            if key == whole:
+                manifest = msgpack.unpackb(value) if value is not None else None
+            elif key is not None and key.startswith(prefix):
+                if value is None:
+                    chunks.pop(key, None)
+                else:
+                    chunks[key] = value
+        if manifest is None:
+            return None
+        chunk_id, count = manifest["chunk_id"], int(manifest["chunks"])
+        try:
+            parts = [chunks[chunk_key(base, chunk_id, i)] for i in range(count)]
+        except KeyError:
+            raise CheckpointLogError(
+                f"the checkpoint topic's copy of {base} (version {manifest['version']}) lacks "
+                "some of its chunks"
+            ) from None
+        blob = b"".join(parts)
+        if len(blob) != manifest["bytes"]:
+            raise CheckpointLogError(f"the checkpoint topic's copy of {base} is truncated")
+        return SavedCheckpoint(
+            int(manifest["version"]),
+            int(manifest["epoch"]),
+            blob,
+            manifest["mac"],
+            manifest["meta"],
+            chunk_id,
+            count,
+        )
+
+    def _writer(self) -> SafeProducer:
+        if self._producer is None:
+            self.ensure_topic()
+            self._producer = SafeProducer(self.connection, **{"linger.ms": 0})
+        return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(self.timeout_s)
+            except DeliveryError as exc:
+                log.warning(
+                    "checkpoint copies not all delivered", extra={"fields": {"error": str(exc)}}
+                )
+            self._producer = None
+
+
+def new_chunk_id() -> str:
+    return secrets.token_hex(6)
+
+
+def chunk_count(size: int) -> int:
+    return max(1, -(-size // CHUNK_BYTES))
+
+
+def chunk_key(base: str, chunk_id: str, i: int) -> bytes:
+    return f"{base}#{chunk_id}#{i}".encode()
+
+
+@contextmanager
+def checkpoint_log(settings: Settings) -> Iterator[CheckpointLog | None]:
+    """The deployment's checkpoint topic (None when HEADWATER_CHECKPOINT_TOPIC is empty),
+    for a service's whole life, across its restarts."""
+    if not settings.checkpoint_topic:
+        yield None
+        return
+    copies = CheckpointLog(KafkaConnection.from_settings(settings), settings.checkpoint_topic)
+    try:
+        yield copies
+    finally:
+        copies.close()
