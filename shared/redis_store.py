@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -56,6 +58,15 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         raise RedisUnavailableError(f"HEADWATER_REDIS_URL is not a Redis URL: {exc}") from None
 
 
+def outage_retry(seconds: float) -> Retry:
+    """Retries of a call that lost its connection, backing off to 1 s, for about `seconds`."""
+    delays, retries = 0.0, 0
+    while delays < seconds:
+        delays += min(1.0, 0.05 * 2**retries)
+        retries += 1
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+
+
 class RedisStore:
     """A client with a health check; the keys it is used with come from shared/keys.py."""
 
@@ -67,10 +78,24 @@ class RedisStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
+        """A service's client, whose calls wait out a Redis restarting (for
+        HEADWATER_REDIS_RETRY_S)."""
         url = settings.redis_url.get_secret_value()
-        return cls(url, client=redis_client(settings))
+        client = redis_client(settings)
+        client.set_retry(outage_retry(settings.redis_retry_s))
+        return cls(url, client=client)
 
     def ping(self) -> None:
+        """Once, without the retries: a wrong address or login is reported at once."""
+        retry = self.client.get_retry()
+        self.client.set_retry(Retry(NoBackoff(), 0))
+        try:
+            self._ping()
+        finally:
+            if retry is not None:
+                self.client.set_retry(retry)
+
+    def _ping(self) -> None:
         try:
             self.client.ping()
         except redis.AuthenticationError as exc:

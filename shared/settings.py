@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="...or after this many seconds, whichever comes first."
     )
     checkpoints_kept: int = Field(10, ge=1, le=1000, description="Checkpoint versions kept.")
+    redis_retry_s: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="Services retry a Redis call this long through a lost connection (a "
+        "Redis restarting) before failing.",
+    )
     checkpoint_topic: str = Field(
         "headwater.checkpoints",
         description="Compacted topic holding a copy of every unit's newest checkpoint, "

@@ -12,6 +12,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -26,8 +27,9 @@ from shared.checkpoint.store import CheckpointStore
 from shared.kafka import require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.kafka.probe import OffsetProbe
-from shared.metrics import ServiceMetrics
+from shared.metrics import serve_metrics
 from shared.redis_store import RedisStore
+from shared.runtime.restarts import run_restarting
 from shared.settings import Settings
 from shared.spec import PipelineSpec
 
@@ -49,9 +51,14 @@ def monitor_inputs(settings: Settings, spec: PipelineSpec) -> dict[str, str]:
 
 
 def build_monitor(
-    settings: Settings, spec: PipelineSpec, datadir: str, copies: CheckpointLog | None = None
+    settings: Settings,
+    spec: PipelineSpec,
+    datadir: str,
+    metrics: MonitorMetrics | None = None,
+    copies: CheckpointLog | None = None,
 ) -> tuple[faust.App, MonitorService]:
-    """`copies`: the checkpoint topic (None: checkpoints only in Redis)."""
+    """`metrics`: kept across restarts (None: new ones, served); `copies`: the checkpoint
+    topic (None: checkpoints only in Redis)."""
     inputs = monitor_inputs(settings, spec)
     topics = settings.topics
     keys = settings.checkpoint_keys()
@@ -60,8 +67,6 @@ def build_monitor(
     require_topics(kafka, [*inputs, *written], written=written)
     redis = RedisStore.from_settings(settings)
     redis.ping()
-    metrics = ServiceMetrics("monitor")
-    metrics.serve(settings.metrics_port)
     app = faust.App(
         f"{settings.consumer_group_prefix}.{spec.name}.monitor",
         datadir=datadir,
@@ -116,7 +121,7 @@ def build_monitor(
         flush,
         rewind,
         first_offset,
-        metrics=MonitorMetrics.create(metrics),
+        metrics=metrics or MonitorMetrics.create(serve_metrics("monitor", settings)),
     )
 
     for name in inputs:
@@ -188,13 +193,27 @@ def _reader(service: MonitorService) -> Any:
 
 def run_monitor(settings: Settings, spec: PipelineSpec, stop: threading.Event) -> None:
     """Run until `stop` is set; a failure inside faust (an agent's crash) is raised here."""
-    with (
-        tempfile.TemporaryDirectory(prefix="headwater-monitor-") as datadir,
-        checkpoint_log(settings) as copies,
-    ):
-        app, service = build_monitor(settings, spec, datadir, copies)
-        asyncio.run(_serve(app, service, stop))
-        log.info("monitor stopped", extra={"fields": dict(service.counts)})
+    metrics = MonitorMetrics.create(serve_metrics("monitor", settings))
+    with checkpoint_log(settings) as copies:
+        run_restarting("monitor", lambda: MonitorRun(settings, spec, metrics, copies), stop)
+
+
+@dataclass
+class MonitorRun:
+    """One faust app's life: built again after a restart."""
+
+    settings: Settings
+    spec: PipelineSpec
+    metrics: MonitorMetrics
+    copies: CheckpointLog | None
+
+    def run(self, stop: threading.Event) -> None:
+        with tempfile.TemporaryDirectory(prefix="headwater-monitor-") as datadir:
+            app, service = build_monitor(
+                self.settings, self.spec, datadir, self.metrics, self.copies
+            )
+            asyncio.run(_serve(app, service, stop))
+            log.info("monitor stopped", extra={"fields": dict(service.counts)})
 
 
 async def _serve(app: faust.App, service: MonitorService, stop: threading.Event) -> None:

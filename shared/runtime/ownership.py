@@ -237,8 +237,8 @@ class Ownership(Generic[K, S]):
             except StoreResetError as exc:
                 raise StateLostError(
                     f"state lost: Redis no longer holds {kind.service}'s state of "
-                    f"{kind.describe(key)} ({exc}: restarted without persistence, or "
-                    "replaced); restoring from the checkpoint topic"
+                    f"{kind.describe(key)} ({exc}): Redis restarted without persistence, or "
+                    "was replaced"
                 ) from exc
             except StaleEpochError as exc:
                 raise FencedError(

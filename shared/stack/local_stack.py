@@ -58,7 +58,7 @@ class LocalStack:
         self.topics = dict(topics if topics is not None else pipeline_topics(TopicNames(), 1))
         self.start_timeout = start_timeout
         self.redis: ManagedProcess | None = None
-        self._redis_dir = Path(tempfile.mkdtemp(prefix="headwater-redis-"))
+        self.redis_dir = Path(tempfile.mkdtemp(prefix="headwater-redis-"))  # its append-only file
 
     @property
     def broker_name(self) -> str:
@@ -128,7 +128,7 @@ class LocalStack:
                 "--appendfsync",
                 "everysec",
                 "--dir",
-                str(self._redis_dir),
+                str(self.redis_dir),
                 "--daemonize",
                 "no",
             ],
@@ -155,7 +155,7 @@ class LocalStack:
             self.redis.cleanup()
             self.redis = None
         self.broker.stop()
-        shutil.rmtree(self._redis_dir, ignore_errors=True)
+        shutil.rmtree(self.redis_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalStack:
         return self.start()
