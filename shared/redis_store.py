@@ -60,11 +60,12 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
 
 def outage_retry(seconds: float) -> Retry:
     """Retries of a call that lost its connection, backing off to 1 s, for about `seconds`."""
-    delays, retries = 0.0, 0
-    while delays < seconds:
-        delays += min(1.0, 0.05 * 2**retries)
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retries, waited = 0, 0.0
+    while waited < seconds:
         retries += 1
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+        waited += backoff.compute(retries)
+    return Retry(backoff, retries)
 
 
 class RedisStore:

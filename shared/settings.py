@@ -167,8 +167,9 @@ class Settings(BaseSettings):
     )
     reset_state: bool = Field(
         False,
-        description="Start fresh when no checkpoint exists although the consumer group "
-        "committed offsets (the state was lost); `headwater run --reset` sets it.",
+        description="A unit of state with no checkpoint in Redis starts fresh, even with a "
+        "copy on the checkpoint topic or offsets committed by its consumer group (the state "
+        "was lost); `headwater run --reset` sets it.",
     )
     lease_ttl_s: float = Field(
         5.0,

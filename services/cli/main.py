@@ -107,8 +107,8 @@ def run(
         bool,
         typer.Option(
             "--reset",
-            help="Start fresh where the state was lost (no checkpoint, yet the consumer "
-            "group committed offsets): the inputs are processed again from the start.",
+            help="Start fresh where Redis holds no checkpoint, whatever the checkpoint topic "
+            "or the consumer group's offsets say: the inputs are processed again.",
         ),
     ] = False,
 ) -> None:
@@ -321,12 +321,13 @@ def main() -> None:
     from services.replay.recorded import RecordedStreamError
     from services.replay.replayer import ReplayInterruptedError
     from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
+    from shared.checkpoint.log import CheckpointLogError
     from shared.checkpoint.store import CheckpointLostError, CheckpointNotFoundError
     from shared.kafka import DeliveryError, TopicError
     from shared.kafka.connection import KafkaSettingsError
     from shared.kafka.consumer import ConsumerConfigError
     from shared.redis_store import RedisUnavailableError
-    from shared.runtime.ownership import FencedError
+    from shared.runtime.ownership import FencedError, FreshStartRefusedError
     from shared.settings import SettingsError
     from shared.spec import SpecError
     from shared.stack import StackError
@@ -349,6 +350,8 @@ def main() -> None:
         IngestConfigError,
         IngestDefectError,  # its tracebacks are in the log, one per record
         FencedError,
+        FreshStartRefusedError,
+        CheckpointLogError,
         SpecMismatchError,
         WorkerError,  # the model process died: restart, it resumes from the checkpoint
         CheckpointTamperedError,

@@ -76,7 +76,8 @@ class LearnerStateKind(StateKind[str, LearnerState]):
             raise SpecMismatchError(
                 f"checkpoint v{info.version} holds models {have} for task {saved.core.task!r}; "
                 f"the spec declares {want} for {fresh.task!r}. Use a new pipeline name, or "
-                f"delete the pipeline's checkpoints ({self._store.base}:*) to start over"
+                f"delete the pipeline's checkpoints ({self._store.base}:*) and run the learner "
+                "with --reset to start over"
             )
         saved.core.model_version = info.version
         saved.core.reactions = carried_over(saved.core.reactions, fresh.reactions)

@@ -71,5 +71,6 @@ def loads(blob: bytes, mac: bytes, keys: CheckpointKeys, *, what: str = "checkpo
             raise CheckpointFormatError(
                 f"{what} is authentic but cannot be read by this version of Headwater or its "
                 f"libraries ({type(exc).__name__}: {exc}); run the version that wrote it, or "
-                "remove the service's checkpoints to start over deliberately"
+                "remove the service's checkpoints and run it with --reset to start over "
+                "deliberately"
             ) from exc

@@ -4,9 +4,10 @@ Redis holds the checkpoints services read and write; losing it (no persistence, 
 instance) would otherwise lose all state. After each checkpoint the store also writes it
 here, and a unit that Redis has never seen is first put back from here (DESIGN §4).
 
-Records on the topic's one partition, keyed so that compaction keeps one checkpoint per unit:
-  <base>                  the manifest: version, epoch, MAC, meta, chunk id and count
-  <base>#<chunk id>#<i>   the blob's i-th slice (blobs can exceed the broker's record limit)
+Records on the topic's one partition, keyed so that compaction keeps one checkpoint per unit
+of each deployment (its consumer group prefix: deployments sharing a cluster have their own):
+  <prefix>/<base>                  the manifest: version, epoch, MAC, meta, chunk id, count
+  <prefix>/<base>#<chunk id>#<i>   the blob's i-th slice (blobs can exceed the record limit)
 The chunks go first, then the manifest; the previous manifest's chunks are deleted
 (tombstones) only once the new one is delivered, so a reader always finds the chunks its
 manifest names. The blob's MAC is checked by the store on load, as for Redis' copy.
@@ -57,10 +58,17 @@ class CheckpointLog:
     """Writes and reads the checkpoint topic; one per process, shared by its stores."""
 
     def __init__(
-        self, where: KafkaConnection | str, topic: str, *, timeout_s: float = 10.0
+        self,
+        where: KafkaConnection | str,
+        topic: str,
+        deployment: str = "headwater",
+        *,
+        timeout_s: float = 10.0,
     ) -> None:
+        """`deployment`: its consumer group prefix, which names its copies."""
         self.connection = KafkaConnection.of(where)
         self.topic = topic
+        self.deployment = deployment
         self.timeout_s = timeout_s
         self._producer: SafeProducer | None = None
         self._ensured = False
@@ -92,6 +100,7 @@ class CheckpointLog:
         """Write a checkpoint and wait until the broker has it; then drop `previous` (the
         chunk id and count of the copy it replaces). Raises DeliveryError if undelivered."""
         producer = self._writer()
+        base = self.key(base)
         blob = saved.blob
         for i, start in enumerate(range(0, max(len(blob), 1), CHUNK_BYTES)):
             producer.produce(
@@ -122,6 +131,7 @@ class CheckpointLog:
     def latest(self, base: str) -> SavedCheckpoint | None:
         """The newest checkpoint of `base` on the topic, or None. Reads the topic to its
         end (only when Redis lost the unit, or never had it). No topic: None."""
+        base = self.key(base)
         if self.topic not in Admin(self.connection).topics(self.timeout_s):
             return None
         consumer = Consumer(
@@ -160,7 +170,12 @@ class CheckpointLog:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     break
-                raise CheckpointLogError(f"cannot read the checkpoint topic: {err.str()}")
+                if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED or err.fatal():
+                    raise CheckpointLogError(
+                        f"cannot read the checkpoint topic {self.topic!r}: {err.str()} (grant "
+                        f"this service's user Read on Topic:{self.topic})"
+                    )
+                continue  # passing (a group this reader never joins is refused: it needs none)
             key, value = msg.key(), msg.value()
             if key == whole:
                 manifest = msgpack.unpackb(value) if value is not None else None
@@ -192,6 +207,10 @@ class CheckpointLog:
             count,
         )
 
+    def key(self, base: str) -> str:
+        """The unit's key on the topic."""
+        return f"{self.deployment}/{base}"
+
     def _writer(self) -> SafeProducer:
         if self._producer is None:
             self.ensure_topic()
@@ -202,7 +221,7 @@ class CheckpointLog:
         if self._producer is not None:
             try:
                 self._producer.close(self.timeout_s)
-            except DeliveryError as exc:
+            except (DeliveryError, KafkaException) as exc:
                 log.warning(
                     "checkpoint copies not all delivered", extra={"fields": {"error": str(exc)}}
                 )
@@ -228,7 +247,11 @@ def checkpoint_log(settings: Settings) -> Iterator[CheckpointLog | None]:
     if not settings.checkpoint_topic:
         yield None
         return
-    copies = CheckpointLog(KafkaConnection.from_settings(settings), settings.checkpoint_topic)
+    copies = CheckpointLog(
+        KafkaConnection.from_settings(settings),
+        settings.checkpoint_topic,
+        settings.consumer_group_prefix,
+    )
     try:
         yield copies
     finally:

@@ -214,7 +214,8 @@ class CheckpointStore:
             raise CheckpointLostError(
                 f"the newest checkpoint ({self.base}:v:{version}) is missing from Redis (evicted "
                 "or deleted?); refusing to start from scratch. Check Redis' maxmemory-policy "
-                f"(use noeviction), or delete {self.base}:* to start over deliberately"
+                f"(use noeviction), or delete {self.base}:* and run the service with --reset to "
+                "start over deliberately"
             )
         if not fields:
             raise CheckpointNotFoundError(

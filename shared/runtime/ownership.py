@@ -116,7 +116,8 @@ class Ownership(Generic[K, S]):
         self, kind: StateKind[K, S], committed: Committed | None = None, reset: bool = False
     ) -> None:
         """`committed`: asked when a unit has no checkpoint, for evidence of earlier
-        progress; `reset`: start such a unit fresh all the same (`--reset`)."""
+        progress; `reset` (`--reset`): a unit Redis has no checkpoint of starts fresh, its
+        copy on the checkpoint topic and that evidence notwithstanding."""
         self.kind = kind
         self.committed = committed
         self.reset = reset
@@ -137,7 +138,7 @@ class Ownership(Generic[K, S]):
             return owned
         kind = self.kind
         store = kind.store(key)
-        recovered = store.recover()
+        recovered = None if self.reset else store.recover()
         epoch = store.new_epoch()
         try:
             info, saved = store.load()
@@ -210,7 +211,7 @@ class Ownership(Generic[K, S]):
                 "It was written by a newer Headwater: run that version."
                 if newer
                 else "Replay the inputs from the start: remove the service's checkpoints "
-                f"({store.base}:*) to start over deliberately."
+                f"({store.base}:*) and run it with --reset to start over deliberately."
             )
         )
 

@@ -83,8 +83,7 @@ def ingest_settings(stack: LocalStack, request: pytest.FixtureRequest) -> Settin
 
 
 def _settings(stack: LocalStack, topics: TopicNames) -> Settings:
-    """The test's own topics, checkpoint topic included: tests share pipeline names, and a
-    service finding Redis empty would restore another test's checkpoint from a shared one."""
+    """The test's own topics and consumer groups, checkpoint topic included."""
     return stack.settings(
         topics=topics,
         consumer_group_prefix=f"g{next(_counter)}",

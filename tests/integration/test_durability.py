@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import msgpack
@@ -16,11 +16,11 @@ from shared.checkpoint.log import CHUNK_BYTES, CheckpointLog, chunk_key
 from shared.checkpoint.store import CheckpointStore, StaleEpochError, StoreResetError
 from shared.kafka import ensure_topics
 from shared.redis_store import redis_client
-from shared.runtime.ownership import FreshStartRefusedError
+from shared.runtime.ownership import FreshStartRefusedError, Ownership
 from shared.runtime.restarts import run_restarting
 from shared.settings import Settings
 
-from .counter import CounterService
+from .counter import CounterService, CountsKind
 from .helpers import read_until, wait_until
 from .test_runtime import KEYS, produce, run_until
 
@@ -66,12 +66,15 @@ def test_the_checkpoint_topic_holds_each_units_newest_checkpoint_in_chunks(setti
     assert saved is not None
     assert (saved.version, saved.epoch, saved.chunks) == (2, epoch, 3)
     records = _records(settings)
-    manifests = [msgpack.unpackb(v) for k, v in records if k == store.base.encode()]
+    key = copies.key(store.base)  # the deployment's name for the unit
+    manifests = [msgpack.unpackb(v) for k, v in records if k == key.encode()]
     assert [m["version"] for m in manifests] == [1, 2]
     first = manifests[0]["chunk_id"]
     dropped = [k for k, v in records if v is None]
-    assert dropped == [chunk_key(store.base, first, i) for i in range(3)]
+    assert dropped == [chunk_key(key, first, i) for i in range(3)]
     assert _log(settings).latest("headwater:durable:other:ckpt") is None
+    other = CheckpointLog(settings.kafka_bootstrap, settings.checkpoint_topic, "elsewhere")
+    assert other.latest(store.base) is None  # another deployment's units are not this one's
 
 
 def test_a_store_that_redis_lost_is_put_back_from_the_topic_and_fences_the_old_writer(settings):
@@ -184,3 +187,17 @@ def test_a_service_will_not_start_fresh_when_its_group_committed_offsets(setting
 
     reset = settings.model_copy(update={"reset_state": True})
     run_until(CounterService(reset, "toy", source, sink, client), 50)  # from the start again
+
+
+def test_reset_starts_a_unit_fresh_despite_its_copy_on_the_topic(settings):
+    """Deleting a unit's keys and running with --reset starts over; without --reset the
+    copy comes back."""
+    client = redis_client(settings)
+    kind = CountsKind(client, "toy", settings.checkpoint_keys(), _log(settings))
+    writer = Ownership(kind)
+    writer.take(("in", 0)).state["a"] += 1
+    writer.persist([("in", 0)], "test")
+    client.flushdb()
+    assert Ownership(kind, reset=True).take(("in", 0)).restored_version is None
+    client.flushdb()
+    assert Ownership(kind).take(("in", 0)).state == Counter(a=1)

@@ -24,6 +24,7 @@ from services.replay.datasets import dataset_events
 from services.replay.recorded import write_events
 from shared.checkpoint.codec import CheckpointTamperedError
 from shared.checkpoint.keys import CheckpointKeys
+from shared.checkpoint.log import CheckpointLog
 from shared.checkpoint.store import CheckpointStore
 from shared.kafka import ensure_topics
 from shared.kafka.connection import KafkaConnection
@@ -75,6 +76,7 @@ def _names(cell: str, topics: TopicNames, spec: PipelineSpec) -> list[str]:
     actual = {
         TopicNames.model_fields[f].default: getattr(topics, f) for f in TopicNames.model_fields
     }
+    actual[Settings.model_fields["checkpoint_topic"].default] = checkpoint_topic(topics)
     if spec.features is None:
         actual["features"] = topics.events_valid
     return list(dict.fromkeys(actual[name.strip()] for name in cell.split(",") if name.strip()))
@@ -137,6 +139,7 @@ class SecureStack:
             "HEADWATER_CHECKPOINT_KEY": self.checkpoint_key,
             "HEADWATER_API_TOKEN": self.api_token,
             "HEADWATER_CONSUMER_GROUP_PREFIX": prefix,
+            "HEADWATER_CHECKPOINT_TOPIC": checkpoint_topic(topics),
             "HEADWATER_CHECKPOINT_INTERVAL_S": "2",
             "HEADWATER_LOG_FORMAT": "json",
             "HEADWATER_ALLOW_DEV_CHECKPOINT_KEY": "false",
@@ -286,7 +289,13 @@ def fresh(secure: SecureStack, name: str) -> tuple[TopicNames, str]:
     prefix = f"{name}-{secrets.token_hex(3)}"
     topics = TopicNames(**{f: f"{prefix}.{f}" for f in TopicNames.model_fields})
     ensure_topics(secure.broker.bootstrap, pipeline_topics(topics, 1))
+    CheckpointLog(secure.broker.bootstrap, checkpoint_topic(topics)).ensure_topic()
     return topics, prefix
+
+
+def checkpoint_topic(topics: TopicNames) -> str:
+    """The test's own, as its topics are (created by the test: services get no Create)."""
+    return f"{topics.events}.checkpoints"
 
 
 @pytest.mark.parametrize("spec_file", ["phishing.yaml", "phishing-windows.yaml"])
@@ -345,6 +354,8 @@ def test_the_pipeline_runs_on_sasl_ssl_and_tls_redis_with_the_readme_acls_and_hi
         }
     finally:
         codes = {name: p.stop() for name, p in [*procs.items(), ("api", api)]}
+        for name, p in procs.items():
+            print(name, codes[name], p.log_tail(15))
     assert all(code == 0 for code in codes.values()), {
         name: (code, (procs.get(name) or api).log_tail()) for name, code in codes.items()
     }
