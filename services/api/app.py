@@ -22,6 +22,7 @@ from services.api.context import ApiError, Context, error_response
 from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
 from services.api.readers import StateReader, Watermarks
+from services.api.registry import RegistryFill
 from services.api.routes import admin, drift, features, health, models
 from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
@@ -57,9 +58,11 @@ def create_app(
             "request_seconds", "Time to answer a request.", ("route",)
         )
         metrics.serve(settings.metrics_port)
+        fill = RegistryFill(ctx.reader.client).start()  # pipelines an older Headwater wrote
         try:
             yield
         finally:
+            fill.stop()
             ctx.watermarks.close()
             ctx.reader.client.close()
 

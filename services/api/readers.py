@@ -17,15 +17,15 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.api.registry import PIPELINE_NAME, valid_names
 from shared.alert_store import AlertStore
 from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
 from shared.kafka.connection import KafkaConnection
-from shared.keys import PipelineKeys, pipeline_of, pipeline_patterns
+from shared.keys import PIPELINES, PipelineKeys
 from shared.snapshot import SnapshotStore
 from shared.status import LearnerStatus
 
-PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
 _ROLLING = re.compile(r"^(?P<name>.+) \(last (?P<window>\d+)\)$")
 LIVE_S = 30.0  # a learner whose status is older than this is not running
 
@@ -97,22 +97,14 @@ class StateReader:
         self._keep = keep
 
     def pipelines(self) -> list[str]:
-        found: set[str] = set()
-        for pattern in pipeline_patterns():
-            for key in self.client.scan_iter(match=pattern, count=1000):
-                name = pipeline_of(key.decode())
-                if PIPELINE_NAME.match(name):
-                    found.add(name)
-        return sorted(found)
+        """The registered pipelines (services/api/registry.py): one SMEMBERS, no scan."""
+        members: set[bytes] = self.client.smembers(PIPELINES)  # type: ignore[assignment]
+        return valid_names(members)
 
     def exists(self, pipeline: str) -> bool:
-        if not PIPELINE_NAME.match(pipeline):
-            return False
-        keys = PipelineKeys(pipeline)
-        if self.client.exists(*keys.marks()):
-            return True
-        features = self.client.scan_iter(match=keys.instance_status("features", "*"), count=1000)
-        return next(iter(features), None) is not None
+        return bool(PIPELINE_NAME.match(pipeline)) and bool(
+            self.client.sismember(PIPELINES, pipeline)
+        )
 
     def checkpoints(self, pipeline: str) -> CheckpointStore:
         return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
