@@ -187,6 +187,14 @@ class Settings(BaseSettings):
         description="The API's /readyz fails when a running learner's newest checkpoint is "
         "older than this.",
     )
+    api_lag_cache_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="The API shows Kafka's high watermarks (for lag) as a background thread "
+        "last heard them, at most this many seconds old (asked again at half of it); a "
+        "request never waits on Kafka.",
+    )
     api_max_body_bytes: int = Field(
         1_048_576,
         ge=1024,

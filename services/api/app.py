@@ -1,7 +1,7 @@
 """Composition root of the query API (FastAPI): a thin reader of Redis.
 
 `create_app(settings)` builds the app from the routers in services/api/routes/ (one per
-resource); Redis, the Kafka watermark reader and the predictor are made in the lifespan and
+resource); Redis, the Kafka watermarks' refresher and the predictor are made in the lifespan and
 reached through dependencies (services/api/context.py), so nothing connects at import time
 and tests can run the real app against their own Redis and broker.
 """
@@ -19,9 +19,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.context import ApiError, Context, error_response
+from services.api.lag import Watermarks
 from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
-from services.api.readers import StateReader, Watermarks
+from services.api.readers import StateReader
 from services.api.registry import RegistryFill
 from services.api.routes import admin, drift, features, health, models
 from shared.kafka.connection import KafkaConnection
@@ -44,7 +45,7 @@ def create_app(
         ctx = Context(
             settings,
             (reader_factory or make_reader)(settings),
-            Watermarks(KafkaConnection.from_settings(settings)),
+            Watermarks(KafkaConnection.from_settings(settings), settings.api_lag_cache_s).start(),
             Predictor(),
             metrics,
         )

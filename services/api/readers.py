@@ -1,4 +1,5 @@
-"""What the API reads: Redis state written by the services, and Kafka's watermarks for lag.
+"""What the API reads of the Redis state the services write (Kafka's watermarks, for lag,
+are services/api/lag.py's).
 
 The API is a reader: it never writes model state. Its only writes are requests the learner
 applies itself (a rollback request, the set of paused models), so the learner stays the one
@@ -9,19 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.api.registry import PIPELINE_NAME, valid_names
 from shared.alert_store import AlertStore
 from shared.checkpoint.keys import CheckpointKeys
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
-from shared.kafka.connection import KafkaConnection
 from shared.keys import PIPELINES, PipelineKeys
 from shared.snapshot import SnapshotStore
 from shared.status import LearnerStatus
@@ -47,45 +44,6 @@ def parse_offsets(raw: Mapping[str, Any]) -> list[tuple[str, int, int]]:
         if match and isinstance(offset, int):
             out.append((match["topic"], int(match["p"]), offset))
     return sorted(out)
-
-
-@dataclass
-class Watermarks:
-    """High watermarks from Kafka, for consumer lag; None when the broker does not answer
-    in time (the API still answers, with the lag unknown)."""
-
-    kafka: KafkaConnection | str
-    timeout_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        self._consumer: Consumer | None = None
-        self._lock = threading.Lock()
-
-    def high(self, topic: str, partition: int) -> int | None:
-        with self._lock:
-            try:
-                if self._consumer is None:
-                    self._consumer = Consumer(
-                        KafkaConnection.of(self.kafka).config(
-                            {
-                                "group.id": "headwater-api-watermarks",  # never joins
-                                "enable.auto.commit": False,
-                                "socket.timeout.ms": int(self.timeout_s * 1000),
-                            }
-                        )
-                    )
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self.timeout_s
-                )
-                return int(high)
-            except (KafkaException, RuntimeError):
-                return None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
 
 
 class StateReader:

@@ -88,15 +88,15 @@ def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelSt
     )
     inputs = []
     for topic, partition, offset in parse_offsets(meta.get("offsets", {})):
-        high = ctx.watermarks.high(topic, partition)
-        lag = None if high is None else max(0, high - offset)
+        mark = ctx.watermarks.high(topic, partition)  # cached: never waits on Kafka
         inputs.append(
             m.InputOffset(
                 topic=topic,
                 partition=partition,
                 next_offset=offset,
-                high_watermark=high,
-                lag=lag,
+                high_watermark=mark.high,
+                lag=None if mark.high is None else max(0, mark.high - offset),
+                high_watermark_age_seconds=mark.age_s,
             )
         )
     alerts = [a for a in reader.alerts(pipeline, 1000) if a.get("model") == model]
