@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter
 
 from services.api import models as m
+from services.api.bodies import PredictRoute
 from services.api.context import (
     ERRORS,
     ApiError,
@@ -154,12 +155,6 @@ def versions(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.VersionLis
     return m.VersionList(pipeline=pipeline, model=model, versions=out)
 
 
-@router.post(
-    "/pipelines/{pipeline}/models/{model}/predict",
-    response_model=m.PredictResponse,
-    tags=["models"],
-    responses={**ERRORS, 422: {"model": m.ErrorResponse, "description": "Bad data."}},
-)
 def predict(
     ctx: Ctx, pipeline: PipelineName, model: ModelName, body: m.PredictRequest
 ) -> m.PredictResponse:
@@ -185,3 +180,14 @@ def predict(
         prediction=answer.prediction,
         proba=answer.proba,
     )
+
+
+router.add_api_route(
+    "/pipelines/{pipeline}/models/{model}/predict",
+    predict,
+    methods=["POST"],
+    response_model=m.PredictResponse,
+    tags=["models"],
+    responses={**ERRORS, 422: {"model": m.ErrorResponse, "description": "Bad data."}},
+    route_class_override=PredictRoute,  # the body is parsed off the event loop
+)
