@@ -43,6 +43,15 @@ class AlertStore:
             pipe.hdel(self._data, *dropped)
             pipe.execute()
 
+    def queue_version(self, pipe: Any) -> None:
+        """Queue, on a Redis pipeline, three reads whose answers together change whenever
+        the alerts stored do (a reader's cache check): `add` only adds (an id is one alert,
+        stored again unchanged) and drops the oldest past `keep`, so the count, the oldest
+        and the newest tell every change apart."""
+        pipe.zcard(self._index)
+        pipe.zrange(self._index, 0, 0, withscores=True)
+        pipe.zrange(self._index, -1, -1, withscores=True)
+
     def latest(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""
         if limit < 1:

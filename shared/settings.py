@@ -195,6 +195,15 @@ class Settings(BaseSettings):
         "last heard them, at most this many seconds old (asked again at half of it); a "
         "request never waits on Kafka.",
     )
+    api_threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Worker threads the API reads Redis and predicts in. The work holds "
+        "Python's interpreter lock most of the time: more threads wait for it in turn, and "
+        "the slowest answers get slower (40, anyio's default, tripled the p99 of the "
+        "model-state route under 20 clients).",
+    )
     api_max_body_bytes: int = Field(
         1_048_576,
         ge=1024,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import redis
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -41,6 +42,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The threads `def` routes, dependencies and run_in_threadpool share
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         metrics = ServiceMetrics("api")
         ctx = Context(
             settings,

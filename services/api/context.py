@@ -45,7 +45,8 @@ class Context:
     metrics: ServiceMetrics
 
 
-def context(request: Request) -> Context:
+async def context(request: Request) -> Context:
+    """`async`: FastAPI runs a `def` dependency in a worker thread, a hop per request."""
     ctx: Context = request.app.state.context
     return ctx
 
