@@ -96,12 +96,10 @@ def app() -> FastAPI:
     return api
 
 
-async def post(path: str, content: bytes) -> httpx.Response:
+async def post(path: str, content: bytes, kind: str = "application/json") -> httpx.Response:
     transport = httpx.ASGITransport(app=app())
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        return await client.post(
-            path, content=content, headers={"content-type": "application/json"}
-        )
+        return await client.post(path, content=content, headers={"content-type": kind})
 
 
 @pytest.mark.parametrize(
@@ -116,8 +114,9 @@ async def post(path: str, content: bytes) -> httpx.Response:
     ],
 )
 def test_a_predict_route_answers_as_fastapis_own_parsing_does(body):
-    off, plain = asyncio.run(post("/off", body)), asyncio.run(post("/plain", body))
-    assert (off.status_code, off.json()) == (plain.status_code, plain.json())
+    for kind in ("application/json", "text/plain"):
+        off, plain = asyncio.run(post("/off", body, kind)), asyncio.run(post("/plain", body, kind))
+        assert (off.status_code, off.json()) == (plain.status_code, plain.json())
 
 
 async def longest_stall(path: str, body: bytes) -> tuple[float, float]:
