@@ -57,6 +57,29 @@ def test_parsing_stops_past_the_most_names_a_route_takes():
     assert features_of(b'{"data": {' + pairs + b"}}") == {f"f{i}": 1 for i in range(names)}
 
 
+MB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": {"a": 1' + b" " * MB + b"x",  # whitespace the tail's patterns could split
+        b'{"data": {"a": 1,' + b" " * MB + b"x",
+        b'{"data": {"a"' + b" " * MB + b"x",
+        b'{"data": {"a": "' + b"y" * MB,  # a string never closed
+        b'{"data": {"a": "' + b"\\\\" * (MB // 2),
+        b'{"data": {"a": ' + b"1" * MB + b" x",
+        b" " * MB + b"{ x",
+    ],
+)
+def test_a_body_that_does_not_match_costs_one_pass(body):
+    """Linear in the body (milliseconds for a megabyte): a pattern that backtracked over
+    the ways of splitting it took minutes."""
+    started = time.perf_counter()
+    assert features_of(body) is None
+    assert time.perf_counter() - started < 0.5
+
+
 @pytest.mark.parametrize(
     "body",
     [
