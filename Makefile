@@ -51,11 +51,12 @@ format: setup ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax; drift detectors
+bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax; drift detectors; the query API
 	$(BIN)/headwater bench ingest
 	$(BIN)/headwater bench learner
 	$(BIN)/headwater bench features
 	$(BIN)/headwater bench drift
+	$(BIN)/headwater bench api
 
 stack: setup ## Start a local broker (BROKER=tansu|kafka) and Redis until Ctrl-C
 	$(BIN)/headwater stack --broker $(BROKER)

@@ -13,6 +13,11 @@ All live under `headwater:<pipeline>:`, so several pipelines share one Redis and
 - `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
 - `features:<entity>`: an entity's latest features, with a TTL (the features service).
 - `monitor:alerts` (+ `:data`): the latest drift alerts (the monitor).
+
+One key is outside every pipeline: `headwater:pipelines`, the registry, a set of the
+pipelines' names. Whoever writes a status hash or drift alerts adds its pipeline to it
+(shared/runtime/status.py, shared/alert_store.py), so readers list pipelines with one
+SMEMBERS instead of scanning the keyspace.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROOT = "headwater"
+PIPELINES = f"{ROOT}:pipelines"  # the registry: a set of pipeline names
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ class PipelineKeys:
         return f"{self.base}:monitor:alerts"
 
     def marks(self) -> list[str]:
-        """Keys whose presence shows the pipeline exists (a learner ran, or the monitor)."""
+        """Keys whose presence shows the pipeline exists (a learner ran, or the monitor):
+        what a Redis written before the registry is scanned for."""
         return [
             self.learner_status,
             f"{self.checkpoint('learner')}:latest",
@@ -78,7 +85,9 @@ class PipelineKeys:
 
 
 def pipeline_patterns() -> list[str]:
-    """SCAN patterns that find every pipeline's marks, and its features instances."""
+    """SCAN patterns that find every pipeline's marks, and its features instances: how
+    pipelines were found before the registry, and how a Redis written before it is
+    registered (services/api/registry.py)."""
     marks = PipelineKeys("*").marks()
     return [*marks, PipelineKeys("*").instance_status("features", "*")]
 

@@ -205,6 +205,23 @@ class Settings(BaseSettings):
         description="The API's /readyz fails when a running learner's newest checkpoint is "
         "older than this.",
     )
+    api_lag_cache_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="The API shows Kafka's high watermarks (for lag) as a background thread "
+        "last heard them, at most this many seconds old (asked again at half of it); a "
+        "request never waits on Kafka.",
+    )
+    api_threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Worker threads the API reads Redis and predicts in. The work holds "
+        "Python's interpreter lock most of the time: more threads wait for it in turn, and "
+        "the slowest answers get slower (40, anyio's default, tripled the p99 of the "
+        "model-state route under 20 clients).",
+    )
     api_max_body_bytes: int = Field(
         1_048_576,
         ge=1024,

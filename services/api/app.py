@@ -1,7 +1,7 @@
 """Composition root of the query API (FastAPI): a thin reader of Redis.
 
 `create_app(settings)` builds the app from the routers in services/api/routes/ (one per
-resource); Redis, the Kafka watermark reader and the predictor are made in the lifespan and
+resource); Redis, the Kafka watermarks' refresher and the predictor are made in the lifespan and
 reached through dependencies (services/api/context.py), so nothing connects at import time
 and tests can run the real app against their own Redis and broker.
 """
@@ -13,15 +13,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import redis
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.context import ApiError, Context, error_response
+from services.api.lag import Watermarks
 from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
-from services.api.readers import StateReader, Watermarks
+from services.api.readers import StateReader
+from services.api.registry import RegistryFill
 from services.api.routes import admin, drift, features, health, models
 from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
@@ -39,11 +42,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The threads `def` routes, dependencies and run_in_threadpool share
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         metrics = ServiceMetrics("api")
         ctx = Context(
             settings,
             (reader_factory or make_reader)(settings),
-            Watermarks(KafkaConnection.from_settings(settings)),
+            Watermarks(KafkaConnection.from_settings(settings), settings.api_lag_cache_s).start(),
             Predictor(),
             metrics,
         )
@@ -57,9 +62,11 @@ def create_app(
             "request_seconds", "Time to answer a request.", ("route",)
         )
         metrics.serve(settings.metrics_port)
+        fill = RegistryFill(ctx.reader.client).start()  # pipelines an older Headwater wrote
         try:
             yield
         finally:
+            fill.stop()
             ctx.watermarks.close()
             ctx.reader.client.close()
 

@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import models as m
+from services.api.lag import Watermarks
 from services.api.predictor import Predictor
-from services.api.readers import StateReader, Watermarks
+from services.api.readers import StateReader
 from shared.metrics import ServiceMetrics
 from shared.settings import Settings
 
@@ -44,7 +45,8 @@ class Context:
     metrics: ServiceMetrics
 
 
-def context(request: Request) -> Context:
+async def context(request: Request) -> Context:
+    """`async`: FastAPI runs a `def` dependency in a worker thread, a hop per request."""
     ctx: Context = request.app.state.context
     return ctx
 

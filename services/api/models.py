@@ -44,8 +44,15 @@ class InputOffset(BaseModel):
     topic: str
     partition: int
     next_offset: int = Field(description="The next input offset the checkpoint holds.")
-    high_watermark: int | None = Field(description="null when Kafka did not answer in time.")
+    high_watermark: int | None = Field(
+        description="Kafka's, asked in the background; null when Kafka has not answered "
+        "in the last HEADWATER_API_LAG_CACHE_S seconds (or before the first request about "
+        "the partition was answered)."
+    )
     lag: int | None = Field(description="Records not yet in a checkpoint; null if unknown.")
+    high_watermark_age_seconds: float | None = Field(
+        description="How long ago Kafka gave the high watermark; null with it."
+    )
 
 
 class Metrics(BaseModel):

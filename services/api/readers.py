@@ -1,4 +1,5 @@
-"""What the API reads: Redis state written by the services, and Kafka's watermarks for lag.
+"""What the API reads of the Redis state the services write (Kafka's watermarks, for lag,
+are services/api/lag.py's).
 
 The API is a reader: it never writes model state. Its only writes are requests the learner
 applies itself (a rollback request, the set of paused models), so the learner stays the one
@@ -9,23 +10,20 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.api.registry import PIPELINE_NAME, valid_names
 from shared.alert_store import AlertStore
 from shared.checkpoint.keys import CheckpointKeys
-from shared.checkpoint.store import CheckpointInfo, CheckpointStore
-from shared.kafka.connection import KafkaConnection
-from shared.keys import PipelineKeys, pipeline_of, pipeline_patterns
+from shared.checkpoint.store import CheckpointInfo, CheckpointStore, version_key, versions_key
+from shared.keys import PIPELINES, PipelineKeys
 from shared.snapshot import SnapshotStore
 from shared.status import LearnerStatus
 
-PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # the spec schema's pattern
 _ROLLING = re.compile(r"^(?P<name>.+) \(last (?P<window>\d+)\)$")
 LIVE_S = 30.0  # a learner whose status is older than this is not running
 
@@ -49,70 +47,141 @@ def parse_offsets(raw: Mapping[str, Any]) -> list[tuple[str, int, int]]:
     return sorted(out)
 
 
-@dataclass
-class Watermarks:
-    """High watermarks from Kafka, for consumer lag; None when the broker does not answer
-    in time (the API still answers, with the lag unknown)."""
+def models_of(
+    spec: Mapping[str, Any] | None, latest: CheckpointInfo | None, status: LearnerStatus | None
+) -> list[str]:
+    """A pipeline's models: from its spec, else its newest checkpoint, else the learner's
+    status."""
+    if spec and isinstance(spec.get("models"), list):
+        return [m["name"] for m in spec["models"] if isinstance(m, dict) and "name" in m]
+    if latest is not None and isinstance(latest.meta.get("learned"), dict):
+        return list(latest.meta["learned"])
+    return sorted(status.metrics) if status is not None else []
 
-    kafka: KafkaConnection | str
-    timeout_s: float = 2.0
 
-    def __post_init__(self) -> None:
-        self._consumer: Consumer | None = None
-        self._lock = threading.Lock()
+@dataclass(frozen=True)
+class DriftSummary:
+    """Per model, how many of the newest 1000 alerts name it, and the newest of them."""
 
-    def high(self, topic: str, partition: int) -> int | None:
-        with self._lock:
-            try:
-                if self._consumer is None:
-                    self._consumer = Consumer(
-                        KafkaConnection.of(self.kafka).config(
-                            {
-                                "group.id": "headwater-api-watermarks",  # never joins
-                                "enable.auto.commit": False,
-                                "socket.timeout.ms": int(self.timeout_s * 1000),
-                            }
-                        )
-                    )
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self.timeout_s
-                )
-                return int(high)
-            except (KafkaException, RuntimeError):
-                return None
+    by_model: Mapping[str | None, tuple[int, dict[str, Any]]]
 
-    def close(self) -> None:
-        with self._lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
+    @classmethod
+    def of(cls, alerts: Sequence[dict[str, Any]]) -> DriftSummary:
+        """From alerts newest first."""
+        counts: dict[str | None, int] = {}
+        newest: dict[str | None, dict[str, Any]] = {}
+        for alert in alerts:
+            model = alert.get("model")
+            counts[model] = counts.get(model, 0) + 1
+            newest.setdefault(model, alert)
+        return cls({model: (count, newest[model]) for model, count in counts.items()})
+
+    def of_model(self, model: str) -> tuple[int, dict[str, Any] | None]:
+        count, newest = self.by_model.get(model, (0, None))
+        return count, newest
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """What the model-state route reads of a registered pipeline, in two round trips."""
+
+    spec: dict[str, Any] | None
+    status: LearnerStatus | None
+    latest: CheckpointInfo | None
+    paused: frozenset[str]
+    drift: DriftSummary
+
+    @property
+    def models(self) -> list[str]:
+        return models_of(self.spec, self.latest, self.status)
+
+
+ALERTS_READ = 1000  # the newest alerts the model-state route counts
 
 
 class StateReader:
-    """Reads of one Redis holding any number of pipelines' state."""
+    """Reads of one Redis holding any number of pipelines' state.
+
+    What rarely changes is parsed once and kept per pipeline while its bytes stay the
+    same: the spec's JSON, the newest checkpoint's metadata, and the alerts' summary (kept
+    while `AlertStore.queue_version`'s answers stay the same)."""
 
     def __init__(self, client: redis.Redis, checkpoint_key: CheckpointKeys, keep: int) -> None:
         self.client = client
         self._key = checkpoint_key
         self._keep = keep
+        self._specs: dict[str, tuple[Any, dict[str, Any] | None]] = {}  # raw JSON, parsed
+        self._infos: dict[str, tuple[Any, CheckpointInfo]] = {}  # (version, meta, epoch), info
+        self._drifts: dict[str, tuple[Any, DriftSummary]] = {}  # alerts' version, summary
+
+    def view(self, pipeline: str) -> PipelineView | None:
+        """The pipeline's spec, status, newest checkpoint, paused models and alerts; None
+        for a pipeline not registered. One round trip, and one for the checkpoint's
+        metadata (a third when alerts came since the last request)."""
+        if not PIPELINE_NAME.match(pipeline):
+            return None
+        keys = PipelineKeys(pipeline)
+        base = keys.checkpoint("learner")
+        alerts = AlertStore(self.client, pipeline)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sismember(PIPELINES, pipeline)
+        pipe.get(keys.learner_spec)
+        pipe.hgetall(keys.learner_status)
+        pipe.lindex(versions_key(base), 0)
+        pipe.smembers(keys.learner_paused)
+        alerts.queue_version(pipe)
+        registered, spec, status, newest, paused, *version = pipe.execute()
+        if not registered:
+            return None
+        return PipelineView(
+            self._spec(pipeline, spec),
+            LearnerStatus.parse(status),
+            self._newest(pipeline, base, newest),
+            frozenset(m.decode() for m in paused),
+            self._drift(alerts, (version[0], tuple(version[1]), tuple(version[2]))),
+        )
+
+    def _spec(self, pipeline: str, raw: Any) -> dict[str, Any] | None:
+        cached = self._specs.get(pipeline)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        spec = json.loads(raw) if raw else None
+        parsed = spec if isinstance(spec, dict) else None
+        self._specs[pipeline] = (raw, parsed)
+        return parsed
+
+    def _newest(self, pipeline: str, base: str, raw: bytes | None) -> CheckpointInfo | None:
+        if raw is None:
+            return None
+        version = int(raw)
+        meta, epoch = self.client.hmget(version_key(base, version), ["meta", "epoch"])
+        if meta is None:  # dropped since (a newer version came)
+            return self.latest(pipeline)
+        key = (version, meta, epoch)
+        cached = self._infos.get(pipeline)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        info = CheckpointInfo.read(version, meta, epoch)
+        self._infos[pipeline] = (key, info)
+        return info
+
+    def _drift(self, alerts: AlertStore, version: Any) -> DriftSummary:
+        cached = self._drifts.get(alerts.pipeline)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        summary = DriftSummary.of(alerts.latest(ALERTS_READ))
+        self._drifts[alerts.pipeline] = (version, summary)
+        return summary
 
     def pipelines(self) -> list[str]:
-        found: set[str] = set()
-        for pattern in pipeline_patterns():
-            for key in self.client.scan_iter(match=pattern, count=1000):
-                name = pipeline_of(key.decode())
-                if PIPELINE_NAME.match(name):
-                    found.add(name)
-        return sorted(found)
+        """The registered pipelines (services/api/registry.py): one SMEMBERS, no scan."""
+        members: set[bytes] = self.client.smembers(PIPELINES)  # type: ignore[assignment]
+        return valid_names(members)
 
     def exists(self, pipeline: str) -> bool:
-        if not PIPELINE_NAME.match(pipeline):
-            return False
-        keys = PipelineKeys(pipeline)
-        if self.client.exists(*keys.marks()):
-            return True
-        features = self.client.scan_iter(match=keys.instance_status("features", "*"), count=1000)
-        return next(iter(features), None) is not None
+        return bool(PIPELINE_NAME.match(pipeline)) and bool(
+            self.client.sismember(PIPELINES, pipeline)
+        )
 
     def checkpoints(self, pipeline: str) -> CheckpointStore:
         return CheckpointStore(self.client, pipeline, "learner", self._key, keep=self._keep)
@@ -126,25 +195,21 @@ class StateReader:
         return LearnerStatus.parse(raw)
 
     def spec(self, pipeline: str) -> dict[str, Any] | None:
-        raw = self.client.get(PipelineKeys(pipeline).learner_spec)
-        spec = json.loads(raw) if raw else None
-        return spec if isinstance(spec, dict) else None
+        return self._spec(pipeline, self.client.get(PipelineKeys(pipeline).learner_spec))
 
     def latest(self, pipeline: str) -> CheckpointInfo | None:
-        versions = self.checkpoints(pipeline).versions()
-        return versions[0] if versions else None
+        return self.checkpoints(pipeline).newest()
 
     def models(self, pipeline: str) -> list[str]:
-        """The pipeline's models: from its spec, else its newest checkpoint, else the
-        learner's status."""
+        """From the spec, else the newest checkpoint, else the status (`models_of`),
+        reading only as far as it must."""
         spec = self.spec(pipeline)
         if spec and isinstance(spec.get("models"), list):
-            return [m["name"] for m in spec["models"] if isinstance(m, dict) and "name" in m]
+            return models_of(spec, None, None)
         info = self.latest(pipeline)
         if info is not None and isinstance(info.meta.get("learned"), dict):
-            return list(info.meta["learned"])
-        status = self.status(pipeline)
-        return sorted(status.metrics) if status is not None else []
+            return models_of(None, info, None)
+        return models_of(None, None, self.status(pipeline))
 
     def paused(self, pipeline: str) -> set[str]:
         members: set[bytes] = self.client.smembers(PipelineKeys(pipeline).learner_paused)  # type: ignore[assignment]

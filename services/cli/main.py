@@ -309,6 +309,53 @@ def bench_features(
     )
 
 
+@bench_app.command("api")
+def bench_api(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="The checkout whose API is measured (the API process runs there); "
+            "default: this one.",
+        ),
+    ] = None,
+    requests: Annotated[int, typer.Option(min=100, help="Requests in each case.")] = 2000,
+    clients: Annotated[
+        int, typer.Option(min=2, help="Concurrent clients of the second case.")
+    ] = 20,
+    hostile_fields: Annotated[
+        int, typer.Option(min=1000, help="Fields in each hostile predict body.")
+    ] = 3_300_000,
+    hostile_bodies: Annotated[int, typer.Option(min=1, help="Hostile bodies sent at once.")] = 4,
+    parsed_phase: Annotated[
+        bool,
+        typer.Option(
+            "--parsed-phase/--no-parsed-phase",
+            help="Also send the hostile bodies with the body limit raised above their size.",
+        ),
+    ] = True,
+) -> None:
+    """The query API in a process of its own: the model-state route's latency from 1 and 20
+    clients, and /healthz and memory under hostile predict bodies."""
+    from services.bench.api_bench import run_api_bench
+
+    _bench(
+        as_json,
+        lambda say: run_api_bench(
+            source or Path(__file__).resolve().parents[2],
+            requests,
+            clients,
+            hostile_fields,
+            hostile_bodies,
+            parsed_phase,
+            say=say,
+        ),
+        [],
+    )
+
+
 def main() -> None:
     """Console-script entry point: expected errors print one clear line, not a traceback."""
     from services.demo.run import DemoError

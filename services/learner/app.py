@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 
+import redis
+
 from services.learner.core import LearnerCore
 from services.learner.process_worker import start_worker
 from services.learner.publisher import LearnerMetrics
@@ -21,6 +23,11 @@ from shared.redis_store import RedisStore
 from shared.runtime.restarts import run_restarting
 from shared.settings import Settings
 from shared.spec import PipelineSpec
+
+
+def publish_spec(client: redis.Redis, spec: PipelineSpec) -> None:
+    """For readers (the API): the spec this learner runs, as JSON."""
+    client.set(PipelineKeys(spec.name).learner_spec, json.dumps(spec.describe(), default=str))
 
 
 def build_learner(
@@ -42,8 +49,7 @@ def build_learner(
     partitions = require_topics(kafka, [source, labels, *outputs], written=outputs)
     store = RedisStore.from_settings(settings)
     store.ping()
-    # For readers (the API): the spec this learner runs, as JSON.
-    store.client.set(PipelineKeys(spec.name).learner_spec, json.dumps(spec.describe(), default=str))
+    publish_spec(store.client, spec)
     consumer = BatchConsumer(
         kafka,
         group_id=f"{settings.consumer_group_prefix}.{spec.name}.learner",

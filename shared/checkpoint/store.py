@@ -103,6 +103,21 @@ class CheckpointInfo:
     def created_at(self) -> float:
         return float(self.meta.get("created_at", 0.0))
 
+    @classmethod
+    def read(cls, version: int, meta: bytes | str, epoch: bytes | str | None) -> CheckpointInfo:
+        """From a version hash's `meta` (JSON) and `epoch` fields."""
+        return cls(version, int(epoch or 0), json.loads(meta))
+
+
+def versions_key(base: str) -> str:
+    """The list of kept versions, newest first, of the owner whose keys start with `base`."""
+    return f"{base}:versions"
+
+
+def version_key(base: str, version: int) -> str:
+    """One version's hash: blob, mac, meta, epoch."""
+    return f"{base}:v:{version}"
+
 
 class CheckpointStore:
     def __init__(
@@ -230,12 +245,23 @@ class CheckpointStore:
     def versions(self) -> list[CheckpointInfo]:
         """Newest first, from the metadata only (nothing is unpickled)."""
         out = []
-        for raw in self.client.lrange(f"{self.base}:versions", 0, -1):
+        for raw in self.client.lrange(versions_key(self.base), 0, -1):
             version = int(raw)
-            fields = self.client.hmget(f"{self.base}:v:{version}", ["meta", "epoch"])
+            fields = self.client.hmget(version_key(self.base, version), ["meta", "epoch"])
             if fields[0] is not None:
-                out.append(_info(version, {b"meta": fields[0], b"epoch": fields[1]}))
+                out.append(CheckpointInfo.read(version, fields[0], fields[1]))
         return out
+
+    def newest(self) -> CheckpointInfo | None:
+        """`versions()[0]` in two reads, not one per version kept."""
+        raw = self.client.lindex(versions_key(self.base), 0)
+        if raw is None:
+            return None
+        meta, epoch = self.client.hmget(version_key(self.base, int(raw)), ["meta", "epoch"])
+        if meta is None:  # dropped since (a newer version came): read them all
+            versions = self.versions()
+            return versions[0] if versions else None
+        return CheckpointInfo.read(int(raw), meta, epoch)
 
     def request_rollback(self, model: str, version: int) -> None:
         if version not in {i.version for i in self.versions()}:
@@ -252,4 +278,4 @@ class CheckpointStore:
 
 
 def _info(version: int, fields: dict[bytes, Any]) -> CheckpointInfo:
-    return CheckpointInfo(version, int(fields.get(b"epoch") or 0), json.loads(fields[b"meta"]))
+    return CheckpointInfo.read(version, fields[b"meta"], fields.get(b"epoch"))

@@ -1,4 +1,6 @@
-"""The status hash an instance keeps in Redis for operators and the API."""
+"""The status hash an instance keeps in Redis for operators and the API; each write also
+registers the instance's pipeline (shared/keys.py PIPELINES), which is how readers know the
+pipelines without scanning Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from collections.abc import Mapping
 
 import redis
 
+from shared.keys import PIPELINES, pipeline_of
+
 log = logging.getLogger(__name__)
 
 Fields = Mapping[str, str | int | float]
@@ -15,7 +19,9 @@ Fields = Mapping[str, str | int | float]
 
 class StatusWriter:
     """Writes a hash at most once per `interval_s` (or when forced), replacing the last;
-    it expires `ttl_s` after the last write, so a stopped instance's status goes away."""
+    it expires `ttl_s` after the last write, so a stopped instance's status goes away.
+    `key` is one of shared/keys.py's, under its pipeline: the pipeline is registered with
+    every write (an SADD in the same transaction, a no-op after the first)."""
 
     def __init__(
         self,
@@ -28,6 +34,7 @@ class StatusWriter:
         self.key = key
         self.interval_s = interval_s
         self.ttl_s = ttl_s
+        self.pipeline = pipeline_of(key)
         self._at = float("-inf")
 
     def due(self, force: bool = False) -> bool:
@@ -48,6 +55,7 @@ class StatusWriter:
             pipe.hset(self.key, mapping=mapping)  # type: ignore[arg-type]
             if self.ttl_s is not None:
                 pipe.expire(self.key, self.ttl_s)
+            pipe.sadd(PIPELINES, self.pipeline)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("status not written to Redis", extra={"fields": {"error": str(exc)}})

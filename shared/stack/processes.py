@@ -49,7 +49,13 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
 class ManagedProcess:
     """A child whose output goes to a log file, so a failed start can say why."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(tempfile.mkstemp(prefix=f"headwater-{name}-", suffix=".log")[1])
@@ -60,6 +66,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the child
                 preexec_fn=_die_with_parent,
             )

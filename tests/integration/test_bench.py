@@ -101,3 +101,33 @@ def test_bench_drift_refuses_an_unknown_detector_before_streaming():
     result = headwater("bench", "drift", "--detector", "river.drift.Nope", timeout=60)
     assert result.returncode == 1
     assert "river.drift.Nope does not exist" in result.stderr
+
+
+def test_bench_api_json_reports_each_phase_and_the_targets():
+    result = headwater(
+        "bench", "api", "--json", "--requests", "200", "--clients", "4",
+        "--hostile-fields", "100000", "--hostile-bodies", "2",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for case in ("one_client", "many_clients", "pipelines_one_client"):
+        assert figures[case]["errors"] == 0
+        assert 0 < figures[case]["p50_ms"] <= figures[case]["p99_ms"] <= figures[case]["max_ms"]
+        assert figures[case]["requests_per_s"] > 0
+    assert figures["one_client"]["requests"] == figures["many_clients"]["requests"] == 200
+    assert figures["clients"] == 4
+    refused, parsed = figures["hostile"], figures["hostile_parsed"]
+    assert refused["body_bytes"] > refused["max_body_bytes"]  # 1.3 MB over 1 MiB
+    assert refused["statuses"] == [413, 413]
+    assert parsed["max_body_bytes"] > parsed["body_bytes"]
+    assert parsed["statuses"] == [422, 422]  # read, and refused: too many fields
+    for phase in (refused, parsed):
+        assert phase["healthz_probes"] > 0
+        assert phase["healthz_failures"] == 0
+        assert phase["vm_hwm_mb"] > 0
+    assert set(figures["targets"]) == {
+        "one_client_p99_ms", "many_clients_p99_ms", "hostile_rss_mb",
+        "hostile_healthz_max_ms", "hostile_413",
+    }  # fmt: skip
+    assert figures["targets"]["hostile_413"]["met"] is True

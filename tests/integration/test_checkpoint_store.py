@@ -33,6 +33,19 @@ def test_write_load_history_and_trim(client):
     with pytest.raises(CheckpointNotFoundError, match="only the last 3"):
         s.load(1)
     assert client.exists(f"{s.base}:v:1") == 0
+    assert s.newest() == s.versions()[0]  # two reads, not one per version
+
+
+def test_the_newest_is_none_before_the_first_and_read_again_when_dropped(client):
+    s = store(client, "p-newest", keep=2)
+    assert s.newest() is None
+    epoch = s.new_epoch()
+    s.write(epoch, {}, {"n": 1})
+    s.write(epoch, {}, {"n": 2})
+    client.delete(f"{s.base}:v:2")  # as if trimmed between the two reads
+    newest = s.newest()
+    assert newest is not None
+    assert (newest.version, newest.meta["n"]) == (1, 1)
 
 
 def test_a_stale_owner_cannot_overwrite_a_newer_checkpoint(client):

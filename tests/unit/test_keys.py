@@ -1,7 +1,7 @@
 """The Redis key layout is a contract with existing deployments: a renamed key would hide
 every checkpoint written before. These are the keys Headwater has always used."""
 
-from shared.keys import PipelineKeys, pipeline_of, pipeline_patterns
+from shared.keys import PIPELINES, PipelineKeys, pipeline_of, pipeline_patterns
 
 
 def test_the_key_layout_is_unchanged():
@@ -16,6 +16,7 @@ def test_the_key_layout_is_unchanged():
     assert keys.instance_status("ingest", "h-1") == "headwater:phishing:ingest-status:h-1"
     assert keys.entity_features == "headwater:phishing:features:"
     assert keys.monitor_alerts == "headwater:phishing:monitor:alerts"
+    assert PIPELINES == "headwater:pipelines"  # the registry, since issue 24
 
 
 def test_pipelines_are_found_by_their_marks():
@@ -37,7 +38,7 @@ def test_the_architecture_doc_names_every_key():
     properties = [n for n, v in vars(PipelineKeys).items() if isinstance(v, property)]
     named = [getattr(keys, n) for n in properties if n != "base"]
     named += [keys.instance_status(s, "<instance>") for s in ("ingest", "features")]
-    named += [keys.checkpoint("<owner>")]
+    named += [keys.checkpoint("<owner>"), PIPELINES]
     for key in named:
         suffix = key.removeprefix("headwater:p:")
         assert f"`{suffix}" in doc, f"{suffix} is not in docs/ARCHITECTURE.md"

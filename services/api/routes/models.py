@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from services.api import models as m
+from services.api.bodies import PredictRoute
 from services.api.context import (
     ERRORS,
     ApiError,
+    Context,
     Ctx,
     ModelName,
     PipelineName,
@@ -54,15 +57,23 @@ def models(ctx: Ctx, pipeline: PipelineName) -> m.ModelList:
     tags=["models"],
     responses=ERRORS,
 )
-def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelState:
+async def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelState:
     """Version, spec, counters, metrics, last checkpoint, input offsets and lag,
     pending labels and drift status of one model."""
-    known_model(ctx, pipeline, model)
-    reader = ctx.reader
-    status = reader.status(pipeline)
-    info = reader.latest(pipeline)
+    # Redis is read in a worker thread, explicitly: for a route declared with `def`, FastAPI
+    # would check the answer in a second one (two thread hops a request, not one).
+    return await run_in_threadpool(read_model_state, ctx, pipeline, model)
+
+
+def read_model_state(ctx: Context, pipeline: str, model: str) -> m.ModelState:
+    view = ctx.reader.view(pipeline)
+    if view is None:
+        raise ApiError(404, "unknown_pipeline", f"no pipeline {pipeline!r}")
+    if model not in view.models:
+        raise ApiError(404, "unknown_model", f"pipeline {pipeline!r} has no model {model!r}")
+    status, info = view.status, view.latest
     meta = info.meta if info is not None else {}
-    spec = reader.spec(pipeline) or {}
+    spec = view.spec or {}
     section = next(
         (s for s in spec.get("models", []) if isinstance(s, dict) and s.get("name") == model),
         None,
@@ -88,26 +99,26 @@ def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelSt
     )
     inputs = []
     for topic, partition, offset in parse_offsets(meta.get("offsets", {})):
-        high = ctx.watermarks.high(topic, partition)
-        lag = None if high is None else max(0, high - offset)
+        mark = ctx.watermarks.high(topic, partition)  # cached: never waits on Kafka
         inputs.append(
             m.InputOffset(
                 topic=topic,
                 partition=partition,
                 next_offset=offset,
-                high_watermark=high,
-                lag=lag,
+                high_watermark=mark.high,
+                lag=None if mark.high is None else max(0, mark.high - offset),
+                high_watermark_age_seconds=mark.age_s,
             )
         )
-    alerts = [a for a in reader.alerts(pipeline, 1000) if a.get("model") == model]
+    alerts, newest = view.drift.of_model(model)
     return m.ModelState(
         pipeline=pipeline,
         model=model,
         version=info.version if info is not None else None,
         task=spec.get("task") or None,
         spec=section,
-        learning="paused" if model in reader.paused(pipeline) else "learning",
-        running=reader.learner_running(status, now),
+        learning="paused" if model in view.paused else "learning",
+        running=ctx.reader.learner_running(status, now),
         events_seen=live.events_seen if live else as_int(meta.get("events_seen")),
         labels_learned=live.labels_learned if live else as_int(meta.get("labels_learned")),
         pending_labels=live.pending if live else as_int(meta.get("pending")),
@@ -115,8 +126,8 @@ def model_state(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.ModelSt
         last_checkpoint=checkpoint,
         inputs=inputs,
         drift=m.DriftStatus(
-            alerts=len(alerts),
-            latest=alerts[0] if alerts else None,
+            alerts=alerts,
+            latest=newest,
             reactions={
                 f"drift_{name}": count
                 for name, count in (status.reactions if status else {}).items()
@@ -154,12 +165,6 @@ def versions(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.VersionLis
     return m.VersionList(pipeline=pipeline, model=model, versions=out)
 
 
-@router.post(
-    "/pipelines/{pipeline}/models/{model}/predict",
-    response_model=m.PredictResponse,
-    tags=["models"],
-    responses={**ERRORS, 422: {"model": m.ErrorResponse, "description": "Bad data."}},
-)
 def predict(
     ctx: Ctx, pipeline: PipelineName, model: ModelName, body: m.PredictRequest
 ) -> m.PredictResponse:
@@ -185,3 +190,14 @@ def predict(
         prediction=answer.prediction,
         proba=answer.proba,
     )
+
+
+router.add_api_route(
+    "/pipelines/{pipeline}/models/{model}/predict",
+    predict,
+    methods=["POST"],
+    response_model=m.PredictResponse,
+    tags=["models"],
+    responses={**ERRORS, 422: {"model": m.ErrorResponse, "description": "Bad data."}},
+    route_class_override=PredictRoute,  # the body is parsed off the event loop
+)
