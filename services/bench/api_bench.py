@@ -148,8 +148,11 @@ def seed(
     publish_spec(client, spec)
     keys = settings.checkpoint_keys()
     store = CheckpointStore(client, spec.name, "learner", keys, keep=settings.checkpoints_kept)
+    inputs = [(settings.topics.events_valid, 0), (settings.topics.labels_valid, 0)]
     ownership = Ownership(
-        LearnerStateKind(store, LearnerCore.from_spec(spec), SnapshotStore(client, spec.name, keys))
+        LearnerStateKind(
+            store, LearnerCore.from_spec(spec), SnapshotStore(client, spec.name, keys), inputs
+        )
     )
     owned = ownership.take(PIPELINE)
     state: LearnerState = owned.state
@@ -161,10 +164,7 @@ def seed(
     per = -(-len(items) // settings.checkpoints_kept)
     for at in range(0, len(items), per):
         serve_batch(core, items[at : at + per])
-        state.offsets = {
-            (settings.topics.events_valid, 0): core.events_seen,
-            (settings.topics.labels_valid, 0): 0,
-        }
+        state.offsets = dict(zip(inputs, (core.events_seen, 0), strict=True))
         ownership.persist([PIPELINE], "interval")
     AlertStore(client, spec.name).add(
         [
