@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.cimpl import NewTopic
 
 from shared.kafka.admin import Admin, TopicError
 from shared.kafka.connection import KafkaConnection
@@ -34,6 +35,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 512 * 1024  # well under the default broker record limit (1 MiB)
+INDEX_TTL_S = 2.0  # how long one read of the topic's manifests answers for (a burst of takes)
 PARTITION = 0
 
 
@@ -72,6 +74,8 @@ class CheckpointLog:
         self.timeout_s = timeout_s
         self._producer: SafeProducer | None = None
         self._ensured = False
+        self._index: dict[str, dict[str, Any]] | None = None  # see _manifests
+        self._index_at = 0.0
 
     def ensure_topic(self) -> None:
         """Create the topic (one partition, compacted) unless it exists."""
@@ -79,8 +83,6 @@ class CheckpointLog:
             return
         admin = Admin(self.connection)
         if self.topic not in admin.topics(self.timeout_s):
-            from confluent_kafka.cimpl import NewTopic
-
             futures = admin.client.create_topics(
                 [NewTopic(self.topic, 1, 1, config={"cleanup.policy": "compact"})],
                 request_timeout=self.timeout_s,
@@ -120,6 +122,8 @@ class CheckpointLog:
         }
         producer.produce(self.topic, msgpack.packb(manifest), base.encode(), partition=PARTITION)
         producer.flush(self.timeout_s)
+        if self._index is not None:
+            self._index[base] = manifest
         if previous is not None and previous[0] != saved.chunk_id:
             chunk_id, count = previous
             for i in range(count):
@@ -129,74 +133,29 @@ class CheckpointLog:
             producer.poll()
 
     def latest(self, base: str) -> SavedCheckpoint | None:
-        """The newest checkpoint of `base` on the topic, or None. Reads the topic to its
-        end (only when Redis lost the unit, or never had it). No topic: None."""
-        base = self.key(base)
-        if self.topic not in Admin(self.connection).topics(self.timeout_s):
-            return None
-        consumer = Consumer(
-            self.connection.config(
-                {
-                    "group.id": "headwater-checkpoint-log",  # never joins: assigned by hand
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                    "fetch.message.max.bytes": 4 * CHUNK_BYTES,
-                }
-            )
-        )
-        try:
-            return self._scan(consumer, base)
-        finally:
-            consumer.close()
-
-    def _scan(self, consumer: Consumer, base: str) -> SavedCheckpoint | None:
-        """To the end of the partition, as the broker reports it (not a high watermark
-        asked first: Tansu's can lag the records it serves)."""
-        manifest: dict[str, Any] | None = None
-        chunks: dict[bytes, bytes] = {}
-        whole = base.encode()
-        prefix = whole + b"#"
-        consumer.assign([TopicPartition(self.topic, PARTITION, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + max(self.timeout_s, 60.0)
-        while True:
-            if time.monotonic() > deadline:
-                raise CheckpointLogError(
-                    f"reading the checkpoint topic {self.topic!r} did not reach its end in time"
-                )
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED or err.fatal():
-                    raise CheckpointLogError(
-                        f"cannot read the checkpoint topic {self.topic!r}: {err.str()} (grant "
-                        f"this service's user Read on Topic:{self.topic})"
-                    )
-                continue  # passing (a group this reader never joins is refused: it needs none)
-            key, value = msg.key(), msg.value()
-            if key == whole:
-                manifest = msgpack.unpackb(value) if value is not None else None
-            elif key is not None and key.startswith(prefix):
-                if value is None:
-                    chunks.pop(key, None)
-                else:
-                    chunks[key] = value
+        """The newest checkpoint of `base` on the topic, or None (no copy, or no topic).
+        Asked when Redis has no trace of a unit: a new one, or one whose state was lost."""
+        key = self.key(base)
+        manifest = self._manifests().get(key)
         if manifest is None:
             return None
         chunk_id, count = manifest["chunk_id"], int(manifest["chunks"])
+        mine = f"{key}#{chunk_id}#".encode()
+        chunks: dict[bytes, bytes] = {}
+        for k, value in self._read(lambda k: k.startswith(mine)):
+            if value is None:
+                chunks.pop(k, None)
+            else:
+                chunks[k] = value
         try:
-            parts = [chunks[chunk_key(base, chunk_id, i)] for i in range(count)]
+            blob = b"".join(chunks[chunk_key(key, chunk_id, i)] for i in range(count))
         except KeyError:
             raise CheckpointLogError(
-                f"the checkpoint topic's copy of {base} (version {manifest['version']}) lacks "
+                f"the checkpoint topic's copy of {key} (version {manifest['version']}) lacks "
                 "some of its chunks"
             ) from None
-        blob = b"".join(parts)
         if len(blob) != manifest["bytes"]:
-            raise CheckpointLogError(f"the checkpoint topic's copy of {base} is truncated")
+            raise CheckpointLogError(f"the checkpoint topic's copy of {key} is truncated")
         return SavedCheckpoint(
             int(manifest["version"]),
             int(manifest["epoch"]),
@@ -206,6 +165,69 @@ class CheckpointLog:
             chunk_id,
             count,
         )
+
+    def _manifests(self) -> dict[str, dict[str, Any]]:
+        """This deployment's newest manifests by key. One read of the topic serves every
+        unit taken within INDEX_TTL_S: a rebalance hands out many at once, and a new
+        unit (the usual case) is answered without reading the topic again."""
+        now = time.monotonic()
+        if self._index is not None and now - self._index_at < INDEX_TTL_S:
+            return self._index
+        found: dict[str, dict[str, Any]] = {}
+        if self.topic in Admin(self.connection).topics(self.timeout_s):
+            mine = f"{self.deployment}/".encode()
+            for k, value in self._read(lambda k: k.startswith(mine) and b"#" not in k):
+                if value is None:
+                    found.pop(k.decode(), None)
+                else:
+                    found[k.decode()] = msgpack.unpackb(value)
+        self._index, self._index_at = found, now
+        return found
+
+    def _read(self, wanted: Callable[[bytes], bool]) -> Iterator[tuple[bytes, bytes | None]]:
+        """The (key, value) of each wanted record, to the end of the partition as the
+        broker reports it (not a high watermark asked first: Tansu's can lag)."""
+        consumer = Consumer(
+            self.connection.config(
+                {
+                    "group.id": "headwater-checkpoint-log",  # never joins: assigned by hand
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "fetch.message.max.bytes": 4 * CHUNK_BYTES,
+                    "fetch.wait.max.ms": 10,  # the end shows as an empty fetch: not 500 ms
+                    "fetch.queue.backoff.ms": 1,
+                    # From offset 0, not OFFSET_BEGINNING, whose lookup cost 0.5 s; a log
+                    # that no longer starts there is read from its start all the same.
+                    "auto.offset.reset": "earliest",
+                }
+            )
+        )
+        try:
+            consumer.assign([TopicPartition(self.topic, PARTITION, 0)])
+            deadline = time.monotonic() + max(self.timeout_s, 60.0)
+            while True:
+                if time.monotonic() > deadline:
+                    raise CheckpointLogError(
+                        f"reading the checkpoint topic {self.topic!r} did not reach its end in time"
+                    )
+                msg = consumer.poll(1.0)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return
+                    if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED or err.fatal():
+                        raise CheckpointLogError(
+                            f"cannot read the checkpoint topic {self.topic!r}: {err.str()} "
+                            f"(grant this service's user Read on Topic:{self.topic})"
+                        )
+                    continue  # passing (a group it never joins is refused: it needs none)
+                key = msg.key()
+                if key is not None and wanted(key):
+                    yield key, msg.value()
+        finally:
+            consumer.close()
 
     def key(self, base: str) -> str:
         """The unit's key on the topic."""

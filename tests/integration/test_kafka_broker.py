@@ -139,6 +139,26 @@ def predictions_per_event(settings: Settings, n: int, partitions: int) -> tuple[
     return {(r["model"], r["event_id"]): r for r in unique}, dropped
 
 
+def drained(
+    settings: Settings, pipeline: str, n: int, partitions: int, reader: Consumer, procs: dict
+) -> tuple[dict, int]:
+    """Wait until the learner learned all `n` labels and the monitor applied every record,
+    every service alive; each model's prediction per event, and the duplicates dropped."""
+    wait(
+        lambda: learner_status(settings, pipeline).get(b"labels_learned") == str(n).encode(),
+        f"the learner to learn all {n} labels",
+        procs,
+    )
+    predictions, dropped = predictions_per_event(settings, n, partitions)
+    wait(
+        lambda: monitor_caught_up(settings, pipeline, reader, partitions),
+        "the monitor to apply every record",
+        procs,
+    )
+    check_alive(procs)
+    return predictions, dropped
+
+
 def learner_status(settings: Settings, pipeline: str) -> dict[bytes, bytes]:
     client = redis_client(settings)
     return client.hgetall(f"headwater:{pipeline}:learner:status")
@@ -194,21 +214,7 @@ def test_every_service_rides_out_a_broker_crash_and_loses_nothing(own_stack):
         assert feed.sent < len(feed.sends), "the stream ended before the broker came back"
         reader = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "watch"})
         feed.finish()
-        wait(
-            lambda: (
-                learner_status(settings, "phishing-windows").get(b"labels_learned")
-                == str(n).encode()
-            ),
-            f"the learner to learn all {n} labels",
-            procs,
-        )
-        predictions, dropped = predictions_per_event(settings, n, partitions=2)
-        wait(
-            lambda: monitor_caught_up(settings, "phishing-windows", reader, 2),
-            "the monitor to apply every record",
-            procs,
-        )
-        check_alive(procs)
+        predictions, dropped = drained(settings, "phishing-windows", n, 2, reader, procs)
     finally:
         if reader is not None:
             reader.close()
