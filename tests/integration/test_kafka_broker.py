@@ -159,6 +159,18 @@ def drained(
     return predictions, dropped
 
 
+def missing_events(events: list[Event], predictions: dict) -> set[str]:
+    return {e.event_id for e in events} - {event_id for _, event_id in predictions}
+
+
+def check_each_event_once(events: list[Event], predictions: dict, status: dict) -> None:
+    """One model: each event predicted once (after lineage dedupe), each label learned."""
+    missing = missing_events(events, predictions)
+    assert not missing, f"{len(missing)} events without a prediction: {sorted(missing)[:10]}"
+    assert len(predictions) == len(events)
+    assert status[b"labels_learned"] == str(len(events)).encode(), status
+
+
 def learner_status(settings: Settings, pipeline: str) -> dict[bytes, bytes]:
     client = redis_client(settings)
     return client.hgetall(f"headwater:{pipeline}:learner:status")
@@ -220,15 +232,13 @@ def test_every_service_rides_out_a_broker_crash_and_loses_nothing(own_stack):
             reader.close()
         status = learner_status(settings, "phishing-windows")
         codes = stop_all(procs)
-    missing = {e.event_id for e in events} - {event_id for _, event_id in predictions}
+    missing = missing_events(events, predictions)
     print(
         f"records: {n} events + {n} labels, broker kills: {kills}, prediction duplicates "
         f"dropped: {dropped}, missing: {len(missing)}, labels learned: "
         f"{status.get(b'labels_learned')}, {time.monotonic() - started:.0f} s"
     )
-    assert not missing, f"{len(missing)} events without a prediction: {sorted(missing)[:10]}"
-    assert len(predictions) == n  # one model, one prediction per event
-    assert status[b"labels_learned"] == str(n).encode(), status
+    check_each_event_once(events, predictions, status)
     assert codes == dict.fromkeys(codes, 0), codes
 
 
