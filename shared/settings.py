@@ -191,6 +191,19 @@ class Settings(BaseSettings):
         "killed and the standby takes over. Its start-up and each control call (restore, "
         "snapshot) must also answer within it.",
     )
+    scorer_version: int | None = Field(
+        None,
+        ge=0,
+        description="The model snapshot version a scorer serves (one of the last "
+        "HEADWATER_CHECKPOINTS_KEPT); unset: the newest, followed as the learner publishes.",
+    )
+    scorer_poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often a scorer looks for a newer model snapshot (one small Redis "
+        "read); a new one is loaded beside the one serving, then swapped in.",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus exporter port; 0 disables the exporter."
     )

@@ -40,6 +40,7 @@ class ServiceName(enum.StrEnum):
     features = "features"
     learner = "learner"
     monitor = "monitor"
+    scorer = "scorer"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -138,6 +139,10 @@ def run(
             from services.ingest.app import run_ingest
 
             run_ingest(settings, pipeline, stop)
+        elif service is ServiceName.scorer:
+            from services.scorer.app import run_scorer
+
+            run_scorer(settings, pipeline, stop)
         else:
             from services.features.app import run_features
 
@@ -376,6 +381,7 @@ def main() -> None:
     from shared.redis_store import RedisUnavailableError
     from shared.runtime.ownership import FencedError, FreshStartRefusedError
     from shared.settings import SettingsError
+    from shared.snapshot import NoSnapshotError
     from shared.spec import SpecError
     from shared.stack import StackError
     from shared.stack.binaries import BinaryNotFoundError
@@ -398,6 +404,7 @@ def main() -> None:
         IngestDefectError,  # its tracebacks are in the log, one per record
         FencedError,
         FreshStartRefusedError,
+        NoSnapshotError,  # a pinned version that is not kept
         CheckpointLogError,
         SpecMismatchError,
         WorkerError,  # the model process died: restart, it resumes from the checkpoint

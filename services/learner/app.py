@@ -83,6 +83,7 @@ def build_learner(
             settings.log_format,
             settings.learner_model_timeout_s,
         ),
+        serves=spec.serving.by == "learner",
     )
 
 

@@ -17,8 +17,9 @@ from services.learner.worker import EVENT, LABEL, Item
 from shared.codec import CodecError, decode
 from shared.kafka import BatchConsumer
 from shared.kafka.position import position
-from shared.messages import Event, FeatureRecord, Label, Lineage, MessageError
+from shared.messages import Event, Label, Lineage, MessageError
 from shared.messages.fast_event import WireEvent, fast_valid_wire
+from shared.messages.scoring_input import scoring_event
 from shared.models.inputs import model_input
 from shared.ordering import OrderedMerge, OrderKey
 from shared.settings import Settings
@@ -110,14 +111,8 @@ class Intake:
             if topic == self._labels_topic:
                 item = Label.from_wire(obj)
                 order = (item.ts, LABEL_RANK, partition, offset)
-            elif topic == self._features_topic:
-                record = FeatureRecord.from_wire(obj)
-                e = record.event
-                item = Event(e.event_id, e.entity, e.ts, record.features, e.label)
-                source = record.lineage
-                order = (item.ts, EVENT_RANK, partition, offset)
             else:
-                item = Event.from_wire(obj)
+                item, source = scoring_event(obj, topic == self._features_topic)
                 order = (item.ts, EVENT_RANK, partition, offset)
         except (CodecError, MessageError) as exc:
             item = Rejected(raw, exc.reason, str(exc))

@@ -83,8 +83,12 @@ class Publisher:
         metrics: LearnerMetrics,
         dead_letters: DeadLetters,
         latency: LatencySamples,
+        serves: bool = True,
     ) -> None:
+        """`serves`: this learner publishes the predictions (the spec's `serving.by`);
+        otherwise scorer replicas do, and it publishes outcomes only."""
         self.names, self.pipeline, self.task = names, pipeline, task
+        self.serves = serves
         self.producer = producer
         self.topics = topics
         self.metrics = metrics
@@ -141,7 +145,7 @@ class Publisher:
         """Records from the worker's results (one per record it was given): a prediction
         per model for each event, an outcome per model for each prediction that met its
         label, dead letters."""
-        names, pipeline, task = self.names, self.pipeline, self.task
+        names, pipeline, task, serves = self.names, self.pipeline, self.task, self.serves
         predictions, outcomes_out = self._predictions.append, self._outcomes.append
         plan = self._plan
         lags = self._label_lags.append
@@ -166,21 +170,22 @@ class Publisher:
                     key = entity.encode()
                     label = event.label
                     for name, (pred, proba) in zip(names, first, strict=True):
-                        # positional: the field order of prediction/v1 and outcome/v1 (a
-                        # Struct encodes as its to_wire())
-                        p = Prediction(
-                            event_id,
-                            entity,
-                            ts,
-                            pipeline,
-                            name,
-                            version,
-                            task,
-                            pred,
-                            proba,
-                            lineage,
-                        )
-                        predictions((encode(p), key))
+                        if serves:
+                            # positional: the field order of prediction/v1 and outcome/v1
+                            # (a Struct encodes as its to_wire())
+                            p = Prediction(
+                                event_id,
+                                entity,
+                                ts,
+                                pipeline,
+                                name,
+                                version,
+                                task,
+                                pred,
+                                proba,
+                                lineage,
+                            )
+                            predictions((encode(p), key))
                         if label is not None:
                             # The inline pair, built here as the prediction is, not by
                             # `outputs.outcomes`: the call, its list and the pair's tuple
@@ -238,8 +243,9 @@ class Publisher:
     def _flush_tally(self) -> None:
         if self._scored:
             self._tally[("records", "scored")] += self._scored
-            for model in self.names:
-                self._tally[("predictions", model)] += self._scored
+            if self.serves:
+                for model in self.names:
+                    self._tally[("predictions", model)] += self._scored
             self._scored = 0
         if self._inline_labels:
             self._tally[("labels", "")] += self._inline_labels

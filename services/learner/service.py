@@ -73,7 +73,9 @@ class LearnerService:
         merge: OrderedMerge[Buffered],
         start_worker: Callable[[], ModelWorker],
         status_interval_s: float = 1.0,
+        serves: bool = True,
     ) -> None:
+        """`serves`: this learner publishes the predictions (see Publisher)."""
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
@@ -86,7 +88,9 @@ class LearnerService:
         self.role = "standby"
         self.state = LearnerState(fresh)
         self._unit: Owned[LearnerState] | None = None  # the state, once this one is active
-        snapshots = SnapshotStore(store.client, fresh.pipeline, checkpoints.keys)
+        snapshots = SnapshotStore(
+            store.client, fresh.pipeline, checkpoints.keys, keep=settings.checkpoints_kept
+        )
         self.ownership = Ownership(
             LearnerStateKind(
                 checkpoints,
@@ -121,6 +125,7 @@ class LearnerService:
             metrics,
             DeadLetters(SERVICE, settings.topics.events_dlq, metrics.stream, producer.produce),
             LatencySamples(source_topic, metrics.event_to_prediction),
+            serves=serves,
         )
         self.controls = OperatorControls(
             store.client,

@@ -15,7 +15,7 @@ from shared.schemas import validator
 from shared.spec.drift import parse_drift
 from shared.spec.features import parse_features, seconds
 from shared.spec.labels import check_label
-from shared.spec.model import IngestPolicy, LabelSettings, ModelSpec, PipelineSpec
+from shared.spec.model import IngestPolicy, LabelSettings, ModelSpec, PipelineSpec, ServingSpec
 
 SPEC_KIND = "pipeline-spec/v1"
 
@@ -139,6 +139,7 @@ def _to_spec(doc: dict[str, Any]) -> PipelineSpec:
         description=doc.get("description", ""),
         ingest=_ingest_policy(doc),
         drift=parse_drift(doc.get("drift", {}), doc["task"])[0],
+        serving=ServingSpec(by=doc.get("serving", {}).get("by", "learner")),
     )
 
 

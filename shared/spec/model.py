@@ -36,6 +36,14 @@ class IngestPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingSpec:
+    """Who publishes predictions: the learner (deterministic on replay) or scorer replicas
+    (capacity; a prediction depends on which model snapshot was current)."""
+
+    by: str = "learner"  # or "scorers"
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineSpec:
     name: str
     task: str
@@ -49,6 +57,7 @@ class PipelineSpec:
     description: str = ""
     ingest: IngestPolicy = IngestPolicy()
     drift: DriftSpec = field(default_factory=DriftSpec)
+    serving: ServingSpec = ServingSpec()
 
     def describe(self) -> dict[str, Any]:
         """The spec as plain JSON-able values, for readers such as the API."""

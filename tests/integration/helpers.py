@@ -153,16 +153,19 @@ def set_topic_config(bootstrap: str, topic: str, config: dict[str, str]) -> None
     wait_until(applied, f"{topic}'s new settings {config}", timeout=10)
 
 
-def dedupe_by_lineage(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def dedupe_by_lineage(
+    records: list[dict[str, Any]], identical: bool = True
+) -> tuple[list[dict[str, Any]], int]:
     """Drop the records re-emitted after a restore, as a downstream service does: one per
-    (input position, model); a re-emitted record must equal the first. Returns the unique
-    records and how many were dropped."""
+    (input position, model); with `identical`, a re-emitted record must equal the first (a
+    scorer's need not: another snapshot may serve it). Returns the unique records and how
+    many were dropped."""
     first: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         lineage = record["lineage"]
         key = (lineage["topic"], lineage["partition"], lineage["offset"], record.get("model"))
         kept = first.setdefault(key, record)
-        assert kept == record, f"a re-emitted record differs: {kept} != {record}"
+        assert kept == record or not identical, f"a re-emitted record differs: {kept} != {record}"
     return list(first.values()), len(records) - len(first)
 
 

@@ -123,8 +123,11 @@ def read_all(settings: Settings, topic: str, done, what: str, partitions: int) -
     )
 
 
-def predictions_per_event(settings: Settings, n: int, partitions: int) -> tuple[dict, int]:
-    """Each model's prediction per event id, lineage duplicates dropped."""
+def predictions_per_event(
+    settings: Settings, n: int, partitions: int, identical: bool = True
+) -> tuple[dict, int]:
+    """Each model's prediction per event id, lineage duplicates dropped (`identical`: see
+    `dedupe_by_lineage`)."""
     records = read_all(
         settings,
         settings.topics.predictions,
@@ -132,7 +135,7 @@ def predictions_per_event(settings: Settings, n: int, partitions: int) -> tuple[
         f"a prediction for each of {n} events",
         partitions,
     )
-    unique, dropped = dedupe_by_lineage(records)
+    unique, dropped = dedupe_by_lineage(records, identical)
     per_event = Counter((r["model"], r["event_id"]) for r in unique)
     repeated = {k: c for k, c in per_event.items() if c > 1}
     assert not repeated, f"events predicted more than once after lineage dedupe: {repeated}"

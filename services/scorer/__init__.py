@@ -1,0 +1,1 @@
+"""Scorer: stateless replicas that publish predictions from the learner's model snapshot."""
