@@ -8,7 +8,8 @@ All live under `headwater:<pipeline>:`, so several pipelines share one Redis and
   `monitor-<topic>-p<N>`, ...
 - `learner:status` (hash: role, counters, metrics), `learner:spec` (JSON of the spec it
   runs), `learner:lease` (the active learner's lease), `learner:snapshot` (its models for
-  readers, shared/snapshot.py): the learner.
+  readers, shared/snapshot.py), `learner:snapshot:v<N>` and `learner:snapshot:versions`
+  (the last K snapshots, for scorers pinned to one): the learner.
 - `learner:paused`: set of paused models, written by the API for operators.
 - `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
 - `features:<entity>`: an entity's latest features, with a TTL (the features service).
@@ -55,6 +56,15 @@ class PipelineKeys:
     @property
     def learner_snapshot(self) -> str:
         return f"{self.base}:learner:snapshot"
+
+    @property
+    def learner_snapshot_versions(self) -> str:
+        """Sorted set of the snapshot versions kept (shared/snapshot.py)."""
+        return f"{self.learner_snapshot}:versions"
+
+    def learner_snapshot_version(self, version: int) -> str:
+        """One kept snapshot version, for a scorer pinned to it."""
+        return f"{self.learner_snapshot}:v{version}"
 
     @property
     def learner_paused(self) -> str:

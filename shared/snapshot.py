@@ -65,13 +65,14 @@ class SnapshotStore:
     ) -> None:
         self.client = client
         self.pipeline = pipeline
-        self.key = PipelineKeys(pipeline).learner_snapshot
-        self.index = f"{self.key}:versions"
+        self._keys = PipelineKeys(pipeline)
+        self.key = self._keys.learner_snapshot
+        self.index = self._keys.learner_snapshot_versions
         self.keys = keys if isinstance(keys, CheckpointKeys) else CheckpointKeys(keys)
         self.keep = keep
 
     def _versioned(self, version: int) -> str:
-        return f"{self.key}:v{version}"
+        return self._keys.learner_snapshot_version(version)
 
     def publish(self, snapshot: ModelSnapshot) -> None:
         """The newest snapshot and its kept copy in one transaction; copies beyond `keep`

@@ -269,6 +269,20 @@ def bench_learner(
     )
 
 
+@bench_app.command("serving")
+def bench_serving(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    events: Annotated[int, typer.Option(min=10_000, help="Events in the stream.")] = 200_000,
+    repeat: Annotated[int, typer.Option(min=1, max=20, help="Rounds; medians reported.")] = 3,
+) -> None:
+    """1 and 2 scorer replicas, and an in-process River predict_one loop, on one stream."""
+    from services.bench.serving_bench import run_serving_bench
+
+    _bench(
+        as_json, lambda say: run_serving_bench(events, say, repeat), ["ratio_replicas", "ratio_cpu"]
+    )
+
+
 @bench_app.command("drift")
 def bench_drift(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
