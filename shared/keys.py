@@ -11,6 +11,8 @@ All live under `headwater:<pipeline>:`, so several pipelines share one Redis and
   readers, shared/snapshot.py), `learner:snapshot:v<N>` and `learner:snapshot:versions`
   (the last K snapshots, for scorers pinned to one): the learner.
 - `learner:paused`: set of paused models, written by the API for operators.
+- `learner:rollout`, `learner:rollout:events`, `learner:rollout:requests`: the rollout's
+  state and newest decisions (the learner), and operators' requests (the API, the CLI).
 - `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
 - `features:<entity>`: an entity's latest features, with a TTL (the features service).
 - `monitor:alerts` (+ `:data`): the latest drift alerts (the monitor).
@@ -65,6 +67,21 @@ class PipelineKeys:
     def learner_snapshot_version(self, version: int) -> str:
         """One kept snapshot version, for a scorer pinned to it."""
         return f"{self.learner_snapshot}:v{version}"
+
+    @property
+    def learner_rollout(self) -> str:
+        """JSON: the rollout's routing, phase, test and agreement (shared/rollout/store.py)."""
+        return f"{self.base}:learner:rollout"
+
+    @property
+    def learner_rollout_events(self) -> str:
+        """List of the newest rollout decisions (model-event/v1 as JSON), newest first."""
+        return f"{self.base}:learner:rollout:events"
+
+    @property
+    def learner_rollout_requests(self) -> str:
+        """List of operators' rollout requests, oldest first (the API, the CLI)."""
+        return f"{self.base}:learner:rollout:requests"
 
     @property
     def learner_paused(self) -> str:

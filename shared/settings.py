@@ -37,6 +37,10 @@ class TopicNames(BaseModel):
     predictions: str = Field("predictions", description="prediction/v1 records.")
     outcomes: str = Field("outcomes", description="Predictions joined with their labels.")
     drift_alerts: str = Field("drift.alerts", description="drift-alert/v1 records.")
+    predictions_shadow: str = Field(
+        "predictions.shadow", description="A shadow challenger's prediction/v1 records."
+    )
+    model_events: str = Field("model.events", description="model-event/v1 records.")
 
 
 DEV_CHECKPOINT_KEY = "headwater-dev-key"

@@ -28,6 +28,7 @@ from shared.checkpoint.keys import CheckpointKeys
 from shared.keys import PipelineKeys
 from shared.models import ModelAdapter
 from shared.models.inputs import model_input
+from shared.rollout.state import Routing
 
 SNAPSHOT_FORMAT = 1
 
@@ -48,6 +49,9 @@ class ModelSnapshot:
     vw_text: bool  # every model is VW: they take VW's text (shared/models/inputs.py)
     models: dict[str, ModelAdapter]
     format: int = SNAPSHOT_FORMAT
+    # Who serves each entity (the spec's serving.rollout); None: every model's prediction
+    # is published. (Snapshots written before it existed read as None.)
+    routing: Routing | None = None
 
     def predict(self, model: str, data: dict[str, Any]) -> tuple[Any, Any]:
         """One model's (prediction, probability per class or None) for an event's data;

@@ -100,15 +100,28 @@ def loop_us_per_prediction(snapshot: ModelSnapshot, events: list[Event]) -> floa
     return (time.process_time() - started) / len(events) * 1e6
 
 
-def assigned_partitions(port: int) -> set[int]:
-    """The input partitions a replica reports a lag for: those it holds and has fetched."""
+def metrics_text(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
+            return str(r.read().decode())
     except OSError:
-        return set()
+        return ""
+
+
+def scorer_metric(port: int, name: str) -> float:
+    """The sum of a replica's `headwater_scorer_<name>` series."""
+    prefix = f"headwater_scorer_{name}"
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text(port).splitlines()
+        if line.startswith(prefix) and line[len(prefix)] in " {"
+    )
+
+
+def assigned_partitions(port: int) -> set[int]:
+    """The input partitions a replica reports a lag for: those it holds and has fetched."""
     held = set()
-    for line in text.splitlines():
+    for line in metrics_text(port).splitlines():
         if line.startswith("headwater_scorer_consumer_lag{"):
             held.add(int(line.split('partition="')[1].split('"')[0]))
     return held
@@ -163,15 +176,15 @@ def replicas_rate(
         producer.produce_all(topics.events_valid, records)
         producer.flush()
         # Nothing reads the predictions while the scorers run (a reader would take CPU from
-        # them): the output's high watermark says when all are there.
-        out = TopicPartition(topics.predictions, 0)
+        # them): their counters say when all are made (Tansu's high watermark can trail).
         deadline = time.monotonic() + timeout
-        while reader.get_watermark_offsets(out, timeout=10)[1] < len(events):
+        while sum(scorer_metric(p, "predictions_total") for p in ports) < len(events):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not {len(events)} predictions within {timeout} s")
             time.sleep(0.05)
         cpu = sum(cpu_seconds(p.pid) or 0.0 for p in procs) - cpu_before
         producer.close()
+        out = TopicPartition(topics.predictions, 0)
         first, last, count = prediction_span(reader, out, len(events))
     finally:
         reader.close()

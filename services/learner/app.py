@@ -46,6 +46,8 @@ def build_learner(
     keys = settings.checkpoint_keys()
     kafka = KafkaConnection.from_settings(settings)
     outputs = [topics.predictions, topics.outcomes, topics.events_dlq]
+    if spec.serving.rollout is not None:  # an operator may turn shadow on at any time
+        outputs += [topics.predictions_shadow, topics.model_events]
     partitions = require_topics(kafka, [source, labels, *outputs], written=outputs)
     store = RedisStore.from_settings(settings)
     store.ping()

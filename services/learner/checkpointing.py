@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from services.learner.core import LearnerCore
 from services.learner.reaction import carried_over
 from shared.checkpoint.store import CheckpointInfo, CheckpointStore
+from shared.rollout.state import carried_rollout
 from shared.runtime.ownership import Offsets, Owned, StateKind
 from shared.snapshot import ModelSnapshot, SnapshotStore
 
@@ -81,6 +82,7 @@ class LearnerStateKind(StateKind[str, LearnerState]):
             )
         saved.core.model_version = info.version
         saved.core.reactions = carried_over(saved.core.reactions, fresh.reactions)
+        saved.core.rollout = carried_rollout(saved.core.rollout, fresh.rollout)
         return saved, OFFSET_BEGINNING  # the offsets are per partition, in the state
 
     def freeze(self, key: str, owned: Owned[LearnerState]) -> LearnerState:
@@ -109,7 +111,10 @@ class LearnerStateKind(StateKind[str, LearnerState]):
         error is logged: readers keep the previous one, the next checkpoint publishes."""
         core = owned.state.core
         core.model_version = version
-        snapshot = ModelSnapshot(core.pipeline, core.task, version, core.vw_text, core.models)
+        routing = None if core.rollout is None else core.rollout.routing
+        snapshot = ModelSnapshot(
+            core.pipeline, core.task, version, core.vw_text, core.models, routing=routing
+        )
         try:
             self.snapshots.publish(snapshot)
         except redis.RedisError as exc:

@@ -1,5 +1,6 @@
 """Operators' requests to the learner, applied between two batches: models paused (a set the
-API writes) and rollbacks (`headwater models rollback`). Each is checkpointed at once, so a
+API writes), rollbacks (`headwater models rollback`) and rollout requests (`headwater
+rollout`, the API). Each is checkpointed at once, so a
 replay after a crash applies it at the same record."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from services.learner.worker import ModelWorker
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.checkpoint.store import CheckpointStore
 from shared.keys import PipelineKeys
+from shared.rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ class OperatorControls:
     def __init__(
         self,
         client: redis.Redis,
+        rollouts: RolloutStore,
         pipeline: str,
         names: tuple[str, ...],
         store: CheckpointStore,
@@ -32,6 +35,7 @@ class OperatorControls:
     ) -> None:
         """`drain`: every batch submitted to the worker published; `checkpoint(reason)`."""
         self.client = client
+        self.rollouts = rollouts
         self.paused_key = PipelineKeys(pipeline).learner_paused
         self.names = names
         self.store = store
@@ -51,6 +55,34 @@ class OperatorControls:
         if request is not None:
             self.rollback(worker, request)
         self.follow_pauses(worker)
+        self.follow_rollout(worker)
+
+    def follow_rollout(self, worker: ModelWorker) -> None:
+        """One operator's rollout request (switch, rollback, set), if any: applied to the
+        state between two batches, published as a decision, checkpointed at once."""
+        try:
+            request = self.rollouts.take_request()
+        except redis.RedisError as exc:
+            log.warning("rollout requests not read", extra={"fields": {"error": str(exc)}})
+            return
+        if request is None:
+            return
+        self.drain()
+        decision = worker.rollout(request)
+        if "refused" in decision:
+            log.error(
+                "rollout request refused",
+                extra={"fields": {"request": request, "error": decision["refused"]}},
+            )
+            return
+        event = self.publisher.operator_decision(decision)
+        try:
+            self.checkpoint(f"rollout {event.kind}")
+        except redis.RedisError as exc:
+            log.error(
+                "rollout request applied but not yet checkpointed; the next checkpoint records it",
+                extra={"fields": {"error": str(exc)}},
+            )
 
     def follow_pauses(self, worker: ModelWorker) -> None:
         """Applied between two batches, so a pause never splits one."""

@@ -19,13 +19,14 @@ from typing import Any
 
 from river import utils
 
-from services.learner.outputs import Joined, Mark, Scores
+from services.learner.outputs import AnyMark, Joined, Scores
 from services.learner.reaction import Reactions
 from services.learner.window_metric import WindowMetric, rolling
 from shared.messages import Prediction
 from shared.models import ModelAdapter, build_model
 from shared.models.river_factory import build_metric, default_metric
 from shared.models.vw_model import VWModel
+from shared.rollout.state import Decision, Rollout, RolloutError
 from shared.spec import LabelSettings, PipelineSpec
 from shared.spec.labels import check_label
 
@@ -80,11 +81,14 @@ class LearnerCore:
     # The spec's reaction to concept drift (reaction.py); None without one. Checkpointed.
     reactions: Reactions | None = None
     # Where the last calls reacted, drained by the caller (so never checkpointed).
-    marks: list[Mark] = field(default_factory=list)
+    marks: list[AnyMark] = field(default_factory=list)
     # Models whose learning an operator paused (the API's pause/resume; the service reads
     # the set from Redis). They predict and their metrics go on; labels teach them nothing.
     paused: frozenset[str] = frozenset()
     labels_skipped_paused: int = 0
+    # The spec's serving.rollout (shared/rollout/state.py): who serves, the challenger's
+    # test and its decisions, put in `marks` as ("rollout", event_id, decision). Checkpointed.
+    rollout: Rollout | None = None
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
     _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _metric_plan: MetricPlan = field(default=(), init=False, repr=False, compare=False)
@@ -102,6 +106,7 @@ class LearnerCore:
         state.setdefault("marks", [])
         state.setdefault("paused", frozenset())
         state.setdefault("labels_skipped_paused", 0)
+        state.setdefault("rollout", None)
         self.__dict__.update(state)
 
     @property
@@ -166,6 +171,9 @@ class LearnerCore:
             metrics[m.name] = overall + [rolling(x, spec.metrics_window) for x in overall]
         core = cls(spec.name, spec.task, models, metrics, spec.labels)
         core.reactions = Reactions.from_spec(spec)
+        rollout = spec.serving.rollout
+        if rollout is not None:
+            core.rollout = Rollout.from_spec(rollout, spec.champion, spec.task)
         return core
 
     def score(
@@ -207,6 +215,8 @@ class LearnerCore:
             return scores, joined
         scores = (plan[0].predict(x),) if len(plan) == 1 else tuple([s.predict(x) for s in plan])
         self.events_seen += 1
+        if self.rollout is not None:
+            self.rollout.note_scores(self.models, scores)
         early = self.early.pop(event_id, None) if self.early else None
         if label is not None:
             self._learn(plan, x, label, scores, event_id)
@@ -270,6 +280,11 @@ class LearnerCore:
         learned = self.learned
         if self.track_metrics:
             update_metrics(self._metric_plan, label, scores)
+        rollout = self.rollout
+        if rollout is not None and rollout.test is not None:
+            decision = rollout.observe(self.models, label, scores)
+            if decision is not None:
+                self.marks.append(("rollout", event_id, decision))
         reactions = self.reactions
         if reactions is not None and reactions.trials:
             reactions.try_fresh(self.models, x, label, self.paused)
@@ -296,6 +311,17 @@ class LearnerCore:
         ]
         if reactions.observe(models, event_id, label, predictions, self.marks) or replaced:
             self._plan = None  # the next record binds the new models' calls
+
+    def apply_rollout(self, request: Mapping[str, Any]) -> Decision:
+        """An operator's rollout request: its decision, or {"refused": why} (never raises:
+        this may run in the model process)."""
+        if self.rollout is None:
+            return {"refused": "the spec has no serving.rollout section"}
+        try:
+            decision = self.rollout.apply(request, tuple(self.models))
+        except RolloutError as exc:
+            return {"refused": str(exc)}
+        return {**decision, "model_version": self.model_version}
 
     def metric_values(self) -> dict[str, dict[str, float]]:
         return metric_values(self.metrics)

@@ -18,6 +18,9 @@ from shared.messages.outcome import Reaction
 # Where the learner reacted to concept drift (reaction.py): (event_id, model, detector,
 # action, statistics), put on that outcome as its `reaction`.
 Mark = tuple[str, str, str, str, dict[str, float]]
+# A rollout decision (shared/rollout/state.py) at a record: ("rollout", event_id, decision).
+RolloutMark = tuple[str, str, dict[str, Any]]
+AnyMark = Mark | RolloutMark
 
 Scalar = int | float | str | bool | None
 Proba = tuple[tuple[Scalar, float], ...]
@@ -68,6 +71,14 @@ def outcomes(
         )
         for name, (pred, proba) in zip(names, scores, strict=True)
     ]
+
+
+def reactions_of(marks: Sequence[AnyMark]) -> list[Mark]:
+    return [m for m in marks if len(m) == 5]
+
+
+def decisions_of(marks: Sequence[AnyMark]) -> list[RolloutMark]:
+    return [m for m in marks if len(m) == 3]
 
 
 def reaction_at(marks: Sequence[Mark], event_id: str, model: str) -> Reaction | None:

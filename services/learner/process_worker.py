@@ -39,6 +39,7 @@ from shared.checkpoint.codec import deep_recursion, dumps
 from shared.gc_tuning import hot_path_gc
 from shared.logs import configure_logging
 from shared.models import ModelAdapter
+from shared.rollout.state import Decision
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,11 @@ class ProcessWorker:
     ) -> None:
         self._call("replace_model", name, model, metrics, learned)
 
+    def rollout(self, request: dict[str, Any]) -> Decision:
+        decision = self._call("rollout", request)
+        assert isinstance(decision, dict)
+        return decision
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child; kill it if it does not stop in time (its state is disposable:
         the service checkpointed what it needs)."""
@@ -313,6 +319,8 @@ def worker_main(sock: socket.socket, log_level: str, log_format: str) -> None:
             elif name == "replace_model":
                 core.replace_model(*args)
                 reply = None
+            elif name == "rollout":
+                reply = core.apply_rollout(args[0])
             else:
                 raise WorkerError(f"unknown call {name!r}")
             reply_bytes = dumps(reply)

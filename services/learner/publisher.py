@@ -16,13 +16,14 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.learner.core import MetricPlan, metric_plan, update_metrics
 from services.learner.intake import Buffered, Rejected
 from services.learner.latency import LatencySamples
-from services.learner.outputs import mark_records, outcomes
+from services.learner.outputs import decisions_of, mark_records, outcomes, reactions_of
 from services.learner.worker import FAILED, SCORED
 from shared.codec import encode
 from shared.kafka import SafeProducer
-from shared.messages import Event, Outcome, Prediction
+from shared.messages import Event, ModelEvent, Outcome, Prediction
 from shared.messages.fast_event import WireEvent
 from shared.metrics import LATENCY_BUCKETS, BulkHistogram, ServiceMetrics, StreamMetrics
+from shared.rollout.state import Decision, Routing
 from shared.runtime.dead_letters import DeadLetters
 from shared.settings import TopicNames
 
@@ -89,6 +90,12 @@ class Publisher:
         otherwise scorer replicas do, and it publishes outcomes only."""
         self.names, self.pipeline, self.task = names, pipeline, task
         self.serves = serves
+        # Who serves each entity (the spec's serving.rollout), as of the record being built:
+        # set on taking ownership, changed by the decisions in the results. None: every
+        # model's prediction is published.
+        self.routing: Routing | None = None
+        # The decisions published since the service last took them (Redis, a checkpoint).
+        self.decisions: list[ModelEvent] = []
         self.producer = producer
         self.topics = topics
         self.metrics = metrics
@@ -107,6 +114,8 @@ class Publisher:
         # Outputs of the batch being published: (value, key) per record.
         self._predictions: list[tuple[bytes, bytes | None]] = []
         self._outcomes: list[tuple[bytes, bytes | None]] = []
+        self._shadow: list[tuple[bytes, bytes | None]] = []
+        self._events: list[tuple[bytes, bytes | None]] = []
 
     def set_model_metrics(self, model_metrics: dict[str, list[Any]]) -> None:
         self.model_metrics = model_metrics
@@ -127,12 +136,22 @@ class Publisher:
             started = time.perf_counter()
             self._predictions.clear()
             self._outcomes.clear()
+            self._shadow.clear()
+            self._events.clear()
             try:
                 self._build(records, version, results)
             finally:
                 # Even when failing: outputs are deterministic, duplicates drop by lineage.
                 self.producer.produce_all(topics.predictions, self._predictions)
                 self.producer.produce_all(topics.outcomes, self._outcomes)
+                self.producer.produce_all(topics.predictions_shadow, self._shadow)
+                self.producer.produce_all(topics.model_events, self._events)
+            for topic, out in (
+                (topics.predictions_shadow, self._shadow),
+                (topics.model_events, self._events),
+            ):
+                if out:
+                    self._tally[("out", topic)] += len(out)
             if self._predictions:
                 self._tally[("out", topics.predictions)] += len(self._predictions)
                 self.latency.observe(records)
@@ -147,6 +166,7 @@ class Publisher:
         label, dead letters."""
         names, pipeline, task, serves = self.names, self.pipeline, self.task, self.serves
         predictions, outcomes_out = self._predictions.append, self._outcomes.append
+        shadows = self._shadow.append
         plan = self._plan
         lags = self._label_lags.append
         scored = inline = learned = 0
@@ -169,8 +189,10 @@ class Publisher:
                     event_id, entity, ts = event.event_id, event.entity, event.ts
                     key = entity.encode()
                     label = event.label
+                    routing = self.routing
+                    served, shadow = routing.route(entity) if routing else (None, None)
                     for name, (pred, proba) in zip(names, first, strict=True):
-                        if serves:
+                        if serves and (served is None or name in (served, shadow)):
                             # positional: the field order of prediction/v1 and outcome/v1
                             # (a Struct encodes as its to_wire())
                             p = Prediction(
@@ -185,7 +207,12 @@ class Publisher:
                                 proba,
                                 lineage,
                             )
-                            predictions((encode(p), key))
+                            if name == shadow:
+                                shadows((encode(p), key))
+                            else:
+                                predictions((encode(p), key))
+                                if served is not None:
+                                    self._tally[("predictions", name)] += 1
                         if label is not None:
                             # The inline pair, built here as the prediction is, not by
                             # `outputs.outcomes`: the call, its list and the pair's tuple
@@ -216,8 +243,12 @@ class Publisher:
                     j_key = j_entity.encode()
                     for o in outcomes(j, names, pipeline, task, lineage):
                         outcomes_out((encode(o), j_key))
-                if len(result) > 3:  # the learner reacted to concept drift here
-                    mark_records(self._outcomes, kept[1], result[3])
+                if len(result) > 3:  # the learner reacted to concept drift, or decided
+                    reactions = reactions_of(result[3])
+                    if reactions:
+                        mark_records(self._outcomes, kept[1], reactions)
+                    for _, decided_at, decision in decisions_of(result[3]):
+                        self._decided(decision, version, decided_at, record)
             except (MemoryError, RecursionError):
                 raise
             except Exception as exc:
@@ -243,7 +274,7 @@ class Publisher:
     def _flush_tally(self) -> None:
         if self._scored:
             self._tally[("records", "scored")] += self._scored
-            if self.serves:
+            if self.serves and self.routing is None:
                 for model in self.names:
                     self._tally[("predictions", model)] += self._scored
             self._scored = 0
@@ -270,6 +301,39 @@ class Publisher:
             return self.metrics.predictions.labels(label)
         stream = self.metrics.stream
         return (stream.records_out if kind == "out" else stream.records).labels(label)
+
+    def _decided(self, decision: Decision, version: int, event_id: str, record: Buffered) -> None:
+        """The paired test decided at this record: the routing changes from the next
+        event on, and the decision is a model-event/v1 record."""
+        ts = getattr(record.item, "ts", None)
+        event = ModelEvent.of(self.pipeline, decision, version, event_id, ts, record.lineage)
+        self._events.append((encode(event), self.pipeline.encode()))
+        self.apply(event)
+
+    def operator_decision(self, decision: Decision) -> ModelEvent:
+        """An operator's request, applied between two batches: produced at once."""
+        event = ModelEvent.of(self.pipeline, decision, decision["model_version"])
+        self.producer.produce(self.topics.model_events, encode(event), self.pipeline.encode())
+        self._tally[("out", self.topics.model_events)] += 1
+        self.apply(event)
+        return event
+
+    def apply(self, event: ModelEvent) -> None:
+        self.routing = Routing(event.champion, event.challenger, event.policy, event.share)
+        self.decisions.append(event)
+        log.info(
+            "rollout decision",
+            extra={
+                "fields": {
+                    "kind": event.kind,
+                    "source": event.source,
+                    "champion": event.champion,
+                    "challenger": event.challenger,
+                    "policy": event.policy,
+                    "event_id": event.event_id,
+                }
+            },
+        )
 
     def dead_letter(self, record: Buffered, reason: str, message: str) -> None:
         """To the dead-letter topic, keyed as the original was."""

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.learner.outputs import Mark
+from services.learner.outputs import AnyMark
 from shared.concept_drift import CoolDown, detect_rise, prediction_error
 from shared.models import ModelAdapter, build_model
 from shared.spec import PipelineSpec
@@ -147,7 +147,7 @@ class Reactions:
         event_id: str,
         label: Any,
         predictions: list[tuple[str, Any]],
-        marks: list[Mark],
+        marks: list[AnyMark],
     ) -> bool:
         """Each model's error on one labelled prediction, made before the label came; on a
         drift (a rise of the error, past the cool-down) react and add a mark. True if a

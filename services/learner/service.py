@@ -42,6 +42,7 @@ from shared.kafka.lag import ConsumerLag
 from shared.keys import PipelineKeys
 from shared.ordering import OrderedMerge
 from shared.redis_store import RedisStore
+from shared.rollout.store import RolloutStore
 from shared.runtime.checkpoints import Checkpoints
 from shared.runtime.dead_letters import DeadLetters
 from shared.runtime.ownership import FencedError, Owned, Ownership
@@ -127,8 +128,10 @@ class LearnerService:
             LatencySamples(source_topic, metrics.event_to_prediction),
             serves=serves,
         )
+        self.rollouts = RolloutStore(store.client, fresh.pipeline)
         self.controls = OperatorControls(
             store.client,
+            self.rollouts,
             fresh.pipeline,
             names,
             checkpoints,
@@ -189,6 +192,7 @@ class LearnerService:
         # The metrics are kept by the publisher, from the results, off the model process's.
         self.publisher.set_model_metrics(core.metrics)
         self.publisher.events_seen = core.events_seen
+        self.publisher.routing = None if core.rollout is None else core.rollout.routing
         self.intake.vw_text = core.vw_text
         self.worker.load(core)
         if self.worker.apart:
@@ -246,8 +250,24 @@ class LearnerService:
                 self.checkpoints.retry_later(exc)
             self.lease.keep(force=True)
         self.lease.keep()
+        if self.publisher.decisions:
+            self._settle_decisions()
         if self._publish_status(force=False):
             self.controls.follow(self._worker())
+
+    def _settle_decisions(self) -> None:
+        """Rollout decisions published since the last call: kept in Redis for readers, and
+        checkpointed at once, so the snapshot scorers route by carries them."""
+        events = [e.to_wire() for e in self.publisher.decisions]
+        self.publisher.decisions.clear()
+        try:
+            self.rollouts.add_events(events)
+            self.checkpoint(f"rollout {','.join(e['kind'] for e in events)}")
+        except redis.RedisError as exc:
+            log.error(
+                "rollout decision not yet in Redis; the next checkpoint carries it",
+                extra={"fields": {"error": str(exc)}},
+            )
 
     def release(self) -> None:
         """Send what the intake releases to the model worker, in order; the results of
@@ -343,6 +363,9 @@ class LearnerService:
 
     def _write_status(self, status: dict[str, Any]) -> None:
         """`status`: the model side's counters (worker.core_status)."""
+        rollout = status.pop("rollout", None)
+        if rollout is not None:
+            self.rollouts.write_state(rollout)
         record = LearnerStatus(
             role=self.role,
             dead_letters=self.publisher.dead_letters.sent,

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from services.learner.core import LearnerCore
 from shared.messages import MessageError
 from shared.models import ModelAdapter
+from shared.rollout.state import Decision
 from shared.status import REACTION_COUNTS
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ def core_status(core: LearnerCore) -> dict[str, Any]:
     if reactions is not None:  # drift.reaction: what the learner did about concept drift
         counts = {name: reactions.counts[name] for name in REACTION_COUNTS}
         status["reactions"] = {**counts, "trials": len(reactions.trials)}
+    if core.rollout is not None:
+        status["rollout"] = core.rollout.state()
     return status
 
 
@@ -148,6 +151,7 @@ class ModelWorker(Protocol):
     def replace_model(
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
     ) -> None: ...
+    def rollout(self, request: dict[str, Any]) -> Decision: ...
     def close(self) -> None: ...
 
 
@@ -209,6 +213,9 @@ class InlineWorker:
         self, name: str, model: ModelAdapter, metrics: list[Any], learned: int
     ) -> None:
         self._core().replace_model(name, model, metrics, learned)
+
+    def rollout(self, request: dict[str, Any]) -> Decision:
+        return self._core().apply_rollout(request)
 
     def close(self) -> None:
         self.core = None

@@ -27,7 +27,10 @@ def build_scorer(
     # The learner's input: a scorer scores what the learner scores.
     source = topics.features if spec.features is not None else topics.events_valid
     kafka = KafkaConnection.from_settings(settings)
-    require_topics(kafka, [source, topics.predictions], written=[topics.predictions])
+    outputs = [topics.predictions]
+    if spec.serving.rollout is not None:  # an operator may turn shadow on at any time
+        outputs.append(topics.predictions_shadow)
+    require_topics(kafka, [source, *outputs], written=outputs)
     store = RedisStore.from_settings(settings)
     store.ping()
     if spec.serving.by != "scorers":
@@ -51,6 +54,7 @@ def build_scorer(
         SnapshotFollower(snapshots, settings.scorer_version, settings.scorer_poll_s),
         Scorer(from_features=source == topics.features, max_bytes=settings.max_message_bytes),
         topics.predictions,
+        topics.predictions_shadow,
         metrics or ScorerMetrics.create(serve_metrics("scorer", settings)),
         settings.batch_size,
         settings.poll_timeout_s,

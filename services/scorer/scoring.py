@@ -2,7 +2,8 @@
 
 Each event gets one prediction/v1 per model of the snapshot, in the spec's order, built as
 the learner builds its own (same fields, same bytes for the same models and input), with
-the snapshot's version as `model_version`. A scorer never learns.
+the snapshot's version as `model_version`. With a rollout (the snapshot's routing) it gets
+the serving model's only, and a shadow challenger's goes apart. A scorer never learns.
 """
 
 from __future__ import annotations
@@ -34,17 +35,30 @@ class Scorer:
 
     from_features: bool  # the input is the features topic (else events.valid)
     max_bytes: int
+    # Since the caller last took them: records by outcome, predictions served by model.
     tally: collections.Counter[str] = field(default_factory=collections.Counter)
+    served: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Records not scored, by reason, since the start: every 1000th is logged.
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
     # Highest upstream offset scored per (topic, partition) of a features record's lineage:
     # records a restarted features service emits again are not scored twice (while this
     # replica runs; see the README's Scorers section).
     source_hwm: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def score(self, snapshot: ModelSnapshot, records: list[Input]) -> list[Output]:
+    def score(
+        self, snapshot: ModelSnapshot, records: list[Input]
+    ) -> tuple[list[Output], list[Output]]:
+        """(the predictions to serve, the shadow challenger's)."""
         out: list[Output] = []
+        shadow_out: list[Output] = []
         append = out.append
         pipeline, task, version = snapshot.pipeline, snapshot.task, snapshot.version
-        models = tuple(snapshot.models.items())
+        every = tuple(snapshot.models.items())
+        models = every
+        routing = snapshot.routing
+        served: str = ""
+        shadow: str | None = None
+        scored = 0
         vw_text = snapshot.vw_text
         for topic, partition, offset, raw in records:
             event = self._event(task, topic, partition, offset, raw)
@@ -54,22 +68,34 @@ class Scorer:
             lineage = Lineage(topic, partition, offset)
             event_id, entity, ts = event.event_id, event.entity, event.ts
             entity_key = entity.encode()
-            start = len(out)
+            if routing is not None:
+                served, shadow = routing.route(entity)
+                models = tuple((n, m) for n, m in every if n in (served, shadow))
+            start, shadow_start = len(out), len(shadow_out)
             try:
                 for name, model in models:
                     pred, proba = model.predict(x)
                     p = Prediction(
                         event_id, entity, ts, pipeline, name, version, task, pred, proba, lineage
                     )
-                    append((encode(p), entity_key))
+                    if routing is not None and name == shadow:
+                        shadow_out.append((encode(p), entity_key))
+                    else:
+                        append((encode(p), entity_key))
             except (MemoryError, RecursionError):
                 raise
             except Exception as exc:
-                del out[start:]
+                del out[start:], shadow_out[shadow_start:]
                 self._refuse("model_error", f"{type(exc).__name__}: {exc}", lineage)
                 continue
-            self.tally["scored"] += 1
-        return out
+            scored += 1
+            if routing is not None:
+                self.served[served] += 1
+        self.tally["scored"] += scored
+        if routing is None:
+            for name, _ in every:
+                self.served[name] += scored
+        return out, shadow_out
 
     def _event(
         self, task: str, topic: str, partition: int, offset: int, raw: bytes | None
@@ -98,7 +124,8 @@ class Scorer:
 
     def _refuse(self, reason: str, message: str, lineage: Lineage) -> None:
         self.tally[reason] += 1
-        n = self.tally[reason]
+        self.refused[reason] += 1
+        n = self.refused[reason]
         if n == 1 or n % 1000 == 0:
             log.warning(
                 "record not scored (the learner dead-letters it)",

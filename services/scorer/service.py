@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.scorer.follower import SnapshotFollower
-from services.scorer.scoring import Input, Scorer
+from services.scorer.scoring import Input, Output, Scorer
 from shared.kafka import BatchConsumer, SafeProducer
 from shared.kafka.closing import close_all
 from shared.kafka.lag import ConsumerLag
@@ -75,6 +75,7 @@ class ScorerService:
         follower: SnapshotFollower,
         scorer: Scorer,
         predictions_topic: str,
+        shadow_topic: str,
         metrics: ScorerMetrics,
         batch_size: int,
         poll_timeout_s: float,
@@ -85,6 +86,7 @@ class ScorerService:
         self.follower = follower
         self.scorer = scorer
         self.topic = predictions_topic
+        self.shadow_topic = shadow_topic
         self.metrics = metrics
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
@@ -153,12 +155,13 @@ class ScorerService:
             snapshot = self.follower.current  # one snapshot for the whole batch
             assert snapshot is not None
             records: list[Input] = [(*position(m), m.value()) for m in batch]
-            out = self.scorer.score(snapshot, records)
+            out, shadow = self.scorer.score(snapshot, records)
             self.producer.produce_all(self.topic, out)
+            self.producer.produce_all(self.shadow_topic, shadow)
             for topic, partition, offset, _ in records:
                 self._unstored[(topic, partition)] = offset
                 self._next[(topic, partition)] = offset + 1
-            self._count(tuple(snapshot.models), len(out))
+            self._count(out)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
         else:
             self.producer.poll()
@@ -166,15 +169,14 @@ class ScorerService:
             self._store_delivered()
         self.lag.update(self.consumer, lambda: self._next)
 
-    def _count(self, models: tuple[str, ...], n_out: int) -> None:
+    def _count(self, out: list[Output]) -> None:
         tally = self.scorer.tally
         for outcome, n in tally.items():
             self.metrics.records.labels(outcome).inc(n)
         tally.clear()
-        if n_out and models:
-            per_model = n_out // len(models)
-            for model in models:
-                self.metrics.predictions.labels(model).inc(per_model)
+        for model, n in self.scorer.served.items():
+            self.metrics.predictions.labels(model).inc(n)
+        self.scorer.served.clear()
 
     def _store_delivered(self) -> None:
         """Wait for every prediction produced, then store the offsets after them."""

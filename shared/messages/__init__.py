@@ -6,6 +6,7 @@ from shared.messages.errors import MessageError
 from shared.messages.event import Event, Label
 from shared.messages.features import FeatureRecord
 from shared.messages.lineage import Lineage
+from shared.messages.model_event import ModelEvent
 from shared.messages.outcome import Outcome
 from shared.messages.prediction import Prediction
 
@@ -17,6 +18,7 @@ __all__ = [
     "Label",
     "Lineage",
     "MessageError",
+    "ModelEvent",
     "Outcome",
     "Prediction",
 ]

@@ -13,7 +13,16 @@ champion being better) retires it, as does a label budget spent without a decisi
 same pairs in the same order give the same decisions: replays agree.
 
 This is the betting confidence sequence of Waudby-Smith and Ramdas (2023), with their
-predictable plug-in bet: the running mean of d over its running variance, clipped.
+predictable plug-in bet: the mean of d over its variance, clipped. The mean and variance
+are exponentially weighted (about the last WINDOW pairs): the bet must depend on past pairs
+only, not weigh them all alike, and a challenger that becomes better after a concept drift
+is bet on soon after, not once its advantage outweighs every pair before the drift.
+
+With a `margin`, "better" means better by more than it: the bet is on d - margin, so a
+challenger no more than `margin` better in expected loss is promoted with probability at
+most alpha. Two models of equal expected skill are seldom equal once trained (two seeds
+of one randomised estimator may differ by a point of error rate for thousands of labels),
+and such a difference is not worth a switch.
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-MAX_BET = 0.5  # keeps every factor at least 1/2: one bad pair never ruins the wealth
+MAX_BET = 0.5  # keeps every factor above 1/4 (d - margin >= -1.5): one pair never ruins it
 PRIOR_MEAN, PRIOR_VAR, PRIOR_WEIGHT = 0.0, 0.25, 1.0  # shrink the first bets toward nothing
+WINDOW = 500.0  # pairs the bet's mean and variance are weighted over
 
 Decision = Literal["promote", "retire"]
 
@@ -43,7 +53,7 @@ class Bettor:
 
     def update(self, d: float) -> None:
         self.log_wealth += math.log1p(self.bet() * d)
-        self._n += 1.0
+        self._n = min(self._n + 1.0, WINDOW)
         delta = d - self._mean
         self._mean += delta / self._n
         self._var += (delta * (d - self._mean) - self._var) / self._n
@@ -55,6 +65,7 @@ class PairedTest:
 
     confidence: float = 0.95  # the spec's: alpha = 1 - confidence
     label_budget: int = 10_000  # pairs after which an undecided challenger is retired
+    margin: float = 0.0  # how much lower the challenger's expected loss must be
     pairs: int = 0
     champion_loss: float = 0.0
     challenger_loss: float = 0.0
@@ -67,6 +78,8 @@ class PairedTest:
             raise ValueError(f"confidence is in [0.5, 1), not {self.confidence}")
         if self.label_budget < 1:
             raise ValueError("label_budget must be at least 1")
+        if not 0.0 <= self.margin < 0.5:
+            raise ValueError(f"margin is in [0, 0.5), not {self.margin}")
 
     @property
     def bound(self) -> float:
@@ -85,7 +98,7 @@ class PairedTest:
         self.pairs += 1
         self.champion_loss += champion_loss
         self.challenger_loss += challenger_loss
-        self.better.update(d)
+        self.better.update(d - self.margin)
         self.worse.update(-d)
         if self.better.log_wealth >= self.bound:
             self.decision = "promote"
@@ -104,5 +117,6 @@ class PairedTest:
             "log_wealth_challenger": self.better.log_wealth,
             "log_wealth_champion": self.worse.log_wealth,
             "bound": self.bound,
+            "margin": self.margin,
             "decision": self.decision,
         }

@@ -11,6 +11,7 @@ from jsonschema.exceptions import best_match
 
 from shared.models import build_model
 from shared.models.river_factory import FactoryError, build_metric, check_task
+from shared.rollout.state import PromotionSpec, RolloutSpec
 from shared.schemas import validator
 from shared.spec.drift import parse_drift
 from shared.spec.features import parse_features, seconds
@@ -106,6 +107,7 @@ def semantic_problems(doc: dict[str, Any]) -> list[str]:
             check_label(default, doc["task"])
         except ValueError as exc:
             problems.append(f"labels.default: {exc}")
+    problems.extend(rollout_problems(doc, names))
     problems.extend(parse_features(doc.get("features", {}))[1])
     problems.extend(parse_drift(doc.get("drift", {}), doc["task"])[1])
     for i, node in enumerate(doc.get("metrics", [])):
@@ -139,8 +141,52 @@ def _to_spec(doc: dict[str, Any]) -> PipelineSpec:
         description=doc.get("description", ""),
         ingest=_ingest_policy(doc),
         drift=parse_drift(doc.get("drift", {}), doc["task"])[0],
-        serving=ServingSpec(by=doc.get("serving", {}).get("by", "learner")),
+        serving=_serving(doc.get("serving", {})),
     )
+
+
+def _serving(section: dict[str, Any]) -> ServingSpec:
+    node = section.get("rollout")
+    if node is None:
+        return ServingSpec(by=section.get("by", "learner"))
+    promotion = node.get("promotion")
+    default = PromotionSpec()
+    return ServingSpec(
+        by=section.get("by", "learner"),
+        rollout=RolloutSpec(
+            challenger=node.get("challenger"),
+            policy=node.get("policy", "blue-green"),
+            share=float(node.get("share", 0.1)),
+            promotion=None
+            if promotion is None
+            else PromotionSpec(
+                confidence=float(promotion.get("confidence", default.confidence)),
+                label_budget=promotion.get("label_budget", default.label_budget),
+                watch_labels=promotion.get("watch_labels", default.watch_labels),
+                loss_scale=float(promotion.get("loss_scale", default.loss_scale)),
+                min_improvement=float(promotion.get("min_improvement", default.min_improvement)),
+            ),
+        ),
+    )
+
+
+def rollout_problems(doc: dict[str, Any], names: list[str]) -> list[str]:
+    node = doc.get("serving", {}).get("rollout")
+    if node is None:
+        return []
+    problems = []
+    champion = doc.get("champion", names[0])
+    challenger = node.get("challenger")
+    path = "serving.rollout"
+    if challenger is not None and challenger not in names:
+        problems.append(f"{path}.challenger: {challenger!r} is not one of the models {names}")
+    if challenger is not None and challenger == champion:
+        problems.append(f"{path}.challenger: {challenger!r} is the champion")
+    if challenger is None and node.get("policy", "blue-green") != "blue-green":
+        problems.append(f"{path}.policy: {node['policy']} needs a challenger")
+    if challenger is None and "promotion" in node:
+        problems.append(f"{path}.promotion: there is no challenger to promote")
+    return problems
 
 
 def _ingest_policy(doc: dict[str, Any]) -> IngestPolicy:

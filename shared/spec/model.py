@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.rollout.state import RolloutSpec
 from shared.spec.drift import DriftSpec
 from shared.spec.features import FeatureSpec
 
@@ -41,6 +42,7 @@ class ServingSpec:
     (capacity; a prediction depends on which model snapshot was current)."""
 
     by: str = "learner"  # or "scorers"
+    rollout: RolloutSpec | None = None  # None: every model's prediction is published
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,13 @@ from shared.messages import (
     Label,
     Lineage,
     MessageError,
+    ModelEvent,
     Outcome,
     Prediction,
 )
 from shared.schemas import load_schema, schemas_dir, validator
 
-TYPES = [Event, Label, Prediction, Outcome, DeadLetter, FeatureRecord, DriftAlert]
+TYPES = [Event, Label, Prediction, Outcome, DeadLetter, FeatureRecord, DriftAlert, ModelEvent]
 
 
 def test_every_schema_file_is_a_valid_schema_and_has_a_type():
