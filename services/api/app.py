@@ -25,7 +25,7 @@ from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
 from services.api.readers import StateReader
 from services.api.registry import RegistryFill
-from services.api.routes import admin, drift, features, health, models
+from services.api.routes import admin, drift, features, health, models, rollout
 from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
 from shared.redis_store import redis_client
@@ -111,7 +111,8 @@ def create_app(
         log.exception("request failed", extra={"fields": {"path": request.url.path}})
         return error_response(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
-    for router in (health.router, models.router, features.router, drift.router, admin.router):
+    routers = (health, models, features, drift, admin, rollout)
+    for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # the outermost

@@ -151,3 +151,32 @@ class AdminAccepted(BaseModel):
     model: str
     action: str
     detail: str
+
+
+class RolloutChange(BaseModel):
+    """An operator's rollout request: `switch` (champion and challenger swap), `rollback`
+    (the champion before the last change serves again), or `set` (policy, challenger,
+    share; a new challenger starts a new trial when the spec has promotion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(description="switch, rollback or set")
+    policy: str | None = Field(None, description="set: blue-green, canary or shadow")
+    challenger: str | None = Field(None, description="set: a model of the spec")
+    share: float | None = Field(None, ge=0, le=1, description="set: the canary's share")
+
+
+class RolloutView(BaseModel):
+    pipeline: str
+    state: dict[str, Any] | None = Field(
+        description="routing (champion, challenger, policy, share), phase (trial, watch, "
+        "settled), previous champion, decisions so far, agreement of champion and "
+        "challenger's predictions, the running test's evidence; null without a rollout"
+    )
+    metrics: dict[str, dict[str, float]] = Field(
+        description="Champion's and challenger's prequential metrics, from the learner."
+    )
+    deltas: dict[str, float] = Field(description="Challenger minus champion, per metric both have.")
+    decisions: list[dict[str, Any]] = Field(
+        description="The newest model-event/v1 records, newest first."
+    )

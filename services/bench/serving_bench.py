@@ -63,6 +63,9 @@ class Round:
     loop_us_per_prediction: float  # CPU of the in-process predict_one loop
     scorer_cpu_us_per_prediction: float  # the replicas' CPU over the predictions they made
     ratio_cpu: float
+    # The broker's CPU per prediction (its share of the 2 cores), 1 and 2 replicas; None
+    # where /proc cannot tell.
+    broker_cpu_us_per_prediction: tuple[float | None, float | None]
 
 
 @dataclass
@@ -129,8 +132,9 @@ def assigned_partitions(port: int) -> set[int]:
 
 def replicas_rate(
     stack: LocalStack, spec_path: Path, events: list[Event], replicas: int, timeout: float = 600
-) -> tuple[float, float]:
-    """Predictions/s of `replicas` scorers on the stream, and their CPU µs per prediction."""
+) -> tuple[float, float, float | None]:
+    """Predictions/s of `replicas` scorers on the stream, their CPU µs per prediction, and
+    the broker's."""
     tag = uuid.uuid4().hex[:6]
     topics = TopicNames(events_valid=f"serving-{tag}.in", predictions=f"serving-{tag}.out")
     ensure_topics(stack.bootstrap, {topics.events_valid: PARTITIONS, topics.predictions: 1})
@@ -173,6 +177,8 @@ def replicas_rate(
             (encode(e.to_wire()), e.entity.encode()) for e in events
         ]
         cpu_before = sum(cpu_seconds(p.pid) or 0.0 for p in procs)
+        broker = stack.broker.process.pid if stack.broker.process is not None else None
+        broker_before = None if broker is None else cpu_seconds(broker)
         producer.produce_all(topics.events_valid, records)
         producer.flush()
         # Nothing reads the predictions while the scorers run (a reader would take CPU from
@@ -183,6 +189,7 @@ def replicas_rate(
                 raise TimeoutError(f"not {len(events)} predictions within {timeout} s")
             time.sleep(0.05)
         cpu = sum(cpu_seconds(p.pid) or 0.0 for p in procs) - cpu_before
+        broker_after = None if broker is None else cpu_seconds(broker)
         producer.close()
         out = TopicPartition(topics.predictions, 0)
         first, last, count = prediction_span(reader, out, len(events))
@@ -191,7 +198,12 @@ def replicas_rate(
         for proc in procs:
             proc.stop(30)
             proc.cleanup()
-    return (count - 1) / max(last - first, 1e-3), cpu / count * 1e6
+    broker_us = (
+        None
+        if broker_before is None or broker_after is None
+        else (broker_after - broker_before) / count * 1e6
+    )
+    return (count - 1) / max(last - first, 1e-3), cpu / count * 1e6, broker_us
 
 
 def prediction_span(reader: Consumer, out: TopicPartition, n: int) -> tuple[float, float, int]:
@@ -220,11 +232,16 @@ def run_round(
     ).publish(snapshot)
     loop_us = loop_us_per_prediction(snapshot, events)
     say(f"  in-process predict_one loop: {loop_us:.1f} CPU µs/event")
-    one, one_cpu = replicas_rate(stack, spec_path, events, 1)
-    say(f"  1 scorer:   {one:,.0f} predictions/s, {one_cpu:.1f} CPU µs/prediction")
-    two, two_cpu = replicas_rate(stack, spec_path, events, 2)
-    say(f"  2 scorers:  {two:,.0f} predictions/s, {two_cpu:.1f} CPU µs/prediction")
-    return Round(one, two, two / one, loop_us, one_cpu, one_cpu / loop_us)
+    one, one_cpu, one_broker = replicas_rate(stack, spec_path, events, 1)
+    say(_line("1 scorer: ", one, one_cpu, one_broker))
+    two, two_cpu, two_broker = replicas_rate(stack, spec_path, events, 2)
+    say(_line("2 scorers:", two, two_cpu, two_broker))
+    return Round(one, two, two / one, loop_us, one_cpu, one_cpu / loop_us, (one_broker, two_broker))
+
+
+def _line(what: str, rate: float, cpu: float, broker: float | None) -> str:
+    also = "" if broker is None else f" (broker {broker:.1f})"
+    return f"  {what} {rate:,.0f} predictions/s, {cpu:.1f} CPU µs/prediction{also}"
 
 
 def run_serving_bench(
@@ -255,6 +272,15 @@ def run_serving_bench(
         med("loop_us_per_prediction"),
         med("scorer_cpu_us_per_prediction"),
         med("ratio_cpu"),
+        (
+            _median_known([r.broker_cpu_us_per_prediction[0] for r in rounds]),
+            _median_known([r.broker_cpu_us_per_prediction[1] for r in rounds]),
+        ),
         events=n,
         rounds=rounds,
     )
+
+
+def _median_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(statistics.median(known)) if known else None

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from services.cli.data_cmds import datasets_app, record, replay
 from services.cli.models_cmds import models_app
+from services.cli.rollout_cmds import rollout_app
 from shared.logs import configure_logging
 from shared.settings import load_settings
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(rollout_app, name="rollout")
 app.command()(replay)
 app.command()(record)
 console = Console()

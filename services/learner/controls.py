@@ -59,7 +59,7 @@ class OperatorControls:
 
     def follow_rollout(self, worker: ModelWorker) -> None:
         """One operator's rollout request (switch, rollback, set), if any: applied to the
-        state between two batches, published as a decision, checkpointed at once."""
+        state between two batches and published as a decision."""
         try:
             request = self.rollouts.take_request()
         except redis.RedisError as exc:
@@ -75,14 +75,8 @@ class OperatorControls:
                 extra={"fields": {"request": request, "error": decision["refused"]}},
             )
             return
-        event = self.publisher.operator_decision(decision)
-        try:
-            self.checkpoint(f"rollout {event.kind}")
-        except redis.RedisError as exc:
-            log.error(
-                "rollout request applied but not yet checkpointed; the next checkpoint records it",
-                extra={"fields": {"error": str(exc)}},
-            )
+        # the service keeps the decision in Redis and checkpoints it, as the test's
+        self.publisher.operator_decision(decision)
 
     def follow_pauses(self, worker: ModelWorker) -> None:
         """Applied between two batches, so a pause never splits one."""

@@ -45,6 +45,9 @@ class LearnerMetrics:
     pending: Gauge
     event_to_prediction: Histogram
     label_lag: BulkHistogram
+    rollout_share: Gauge
+    rollout_agreement: Gauge
+    rollout_decisions: Counter
 
     @classmethod
     def create(cls, m: ServiceMetrics) -> LearnerMetrics:
@@ -69,6 +72,20 @@ class LearnerMetrics:
                 "label_lag_events",
                 "Events scored between a prediction and its label (0: inline).",
                 LABEL_LAG_BUCKETS,
+            ),
+            rollout_share=m.gauge(
+                "rollout_challenger_share",
+                "Share of entities the challenger serves (the canary's; 0 otherwise).",
+            ),
+            rollout_agreement=m.gauge(
+                "rollout_agreement",
+                "Share of events where champion and challenger predicted the same.",
+            ),
+            rollout_decisions=m.counter(
+                "rollout_decisions_total",
+                "Rollout decisions: promote, retire, rollback, confirm (the test's); switch, "
+                "rollback, set (an operator's).",
+                ("kind", "source"),
             ),
         )
 
@@ -181,7 +198,7 @@ class Publisher:
                 self.dead_letter(record, first, joined)
                 continue
             lineage = record.lineage
-            kept = len(self._predictions), len(self._outcomes)
+            kept = len(self._predictions), len(self._outcomes), len(self._shadow)
             try:
                 if kind == SCORED:
                     event = record.item
@@ -255,7 +272,7 @@ class Publisher:
                 # A prediction that cannot be written (a model returning an object msgpack
                 # cannot take, a metric refusing it): that record's outputs go, it is
                 # dead-lettered, the stream goes on.
-                del self._predictions[kept[0] :], self._outcomes[kept[1] :]
+                del self._predictions[kept[0] :], self._outcomes[kept[1] :], self._shadow[kept[2] :]
                 log.exception("record not published", extra={"fields": {"offset": lineage.offset}})
                 self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
                 continue

@@ -260,6 +260,8 @@ class LearnerService:
         checkpointed at once, so the snapshot scorers route by carries them."""
         events = [e.to_wire() for e in self.publisher.decisions]
         self.publisher.decisions.clear()
+        for e in events:
+            self.metrics.rollout_decisions.labels(e["kind"], e["source"]).inc()
         try:
             self.rollouts.add_events(events)
             self.checkpoint(f"rollout {','.join(e['kind'] for e in events)}")
@@ -366,6 +368,11 @@ class LearnerService:
         rollout = status.pop("rollout", None)
         if rollout is not None:
             self.rollouts.write_state(rollout)
+            routing = rollout["routing"]
+            canary = routing["policy"] == "canary" and routing["challenger"] is not None
+            self.metrics.rollout_share.set(routing["share"] if canary else 0.0)
+            if rollout["agreement"] is not None:
+                self.metrics.rollout_agreement.set(rollout["agreement"])
         record = LearnerStatus(
             role=self.role,
             dead_letters=self.publisher.dead_letters.sent,

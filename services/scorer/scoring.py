@@ -64,7 +64,7 @@ class Scorer:
             event = self._event(task, topic, partition, offset, raw)
             if event is None:
                 continue
-            x = model_input(event.data, vw_text)
+            x = model_input(event.data, vw_text, interned=False)  # 0.6 of 5.2 µs saved
             lineage = Lineage(topic, partition, offset)
             event_id, entity, ts = event.event_id, event.entity, event.ts
             entity_key = entity.encode()

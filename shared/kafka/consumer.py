@@ -41,6 +41,18 @@ CONFIG_ERRORS: dict[int, str] = {
 }
 
 
+# The group coordinator cannot answer yet (loading, moving, not elected): asked again for
+# this long before the error stands.
+COORDINATOR_BUSY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+RETRY_COORDINATOR_S = 30.0
+
+
 class ConsumerConfigError(RuntimeError):
     """The broker refused this consumer's group settings or permissions."""
 
@@ -269,9 +281,21 @@ class BatchConsumer:
         group processed records there before."""
         if not partitions:
             return {}
-        found = self._consumer.committed(
-            [TopicPartition(t, p) for t, p in partitions], timeout=timeout
-        )
+        wanted = [TopicPartition(t, p) for t, p in partitions]
+        deadline = time.monotonic() + RETRY_COORDINATOR_S
+        while True:
+            try:
+                found = self._consumer.committed(wanted, timeout=timeout)
+                break
+            except KafkaException as exc:
+                # A broker just started, or the group's coordinator moving: it answers soon.
+                if exc.args[0].code() not in COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                log.info(
+                    "group coordinator not ready; asking again",
+                    extra={"fields": {"error": str(exc)}},
+                )
+                time.sleep(0.5)
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def store(self, handled: dict[tuple[str, int], int]) -> None:

@@ -17,13 +17,16 @@ def features(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def model_input(data: Mapping[str, Any], vw_text: bool) -> Any:
+def model_input(data: Mapping[str, Any], vw_text: bool, interned: bool = True) -> Any:
     """What the models get for an event's data: the features without nulls, as VW's text
     when every model is VW (see `LearnerCore.vw_text`), else as a dict whose names are
-    interned."""
+    interned (unless not `interned`: a scorer, whose models' keys are not this process's
+    interned strings, would copy every record's dict for nothing)."""
     x = features(data)
     if vw_text:
         return features_text(x)
+    if not interned:
+        return x
     # Interned names are the models' own dict keys (lookups by identity, about a microsecond
     # a record), and marshal carries the interning to a model process. msgspec hands out
     # the same key objects record after record, so this interns each name in place once; a

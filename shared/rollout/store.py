@@ -26,7 +26,11 @@ class RolloutStore:
         self.client.set(self.state_key, json.dumps(state))
 
     def add_events(self, events: Iterable[dict[str, Any]]) -> None:
-        values = [json.dumps(e) for e in events]
+        """Newer than the newest kept only: a learner restored from a checkpoint emits its
+        decisions since then again."""
+        head: bytes | None = self.client.lindex(self.events_key, 0)  # type: ignore[assignment]
+        newest = -1 if head is None else int(json.loads(head)["seq"])
+        values = [json.dumps(e) for e in events if e["seq"] > newest]
         if values:
             pipe = self.client.pipeline(transaction=True)
             pipe.lpush(self.events_key, *values)

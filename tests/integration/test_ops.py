@@ -39,7 +39,8 @@ STREAM = ROOT / "ops/streams/phishing.jsonl.gz"
 
 # Each service's HEADWATER_METRICS_PORT in compose, and its Prometheus job.
 METRICS_PORTS = {"ingest": 9101, "features": 9102, "learner": 9103, "monitor": 9104, "api": 9105}
-JOBS = {f"headwater-{service}" for service in METRICS_PORTS} | {"prometheus"}
+SCORER_PORT = 9106  # scorers scale by replicas: found by name (DNS), each its own target
+JOBS = {f"headwater-{service}" for service in METRICS_PORTS} | {"prometheus", "headwater-scorer"}
 PIPELINE_SERVICES = ("ingest", "features", "learner", "monitor")
 
 # The metric names the services export (name -> type), as `headwater_<service>_<name>`.
@@ -64,6 +65,15 @@ CONTRACT: dict[str, str] = {
     "headwater_learner_model_metric": "gauge",
     "headwater_learner_predictions_total": "counter",
     "headwater_learner_labels_learned_total": "counter",
+    "headwater_learner_rollout_challenger_share": "gauge",
+    "headwater_learner_rollout_agreement": "gauge",
+    "headwater_learner_rollout_decisions_total": "counter",
+    "headwater_scorer_records_total": "counter",
+    "headwater_scorer_predictions_total": "counter",
+    "headwater_scorer_batch_processing_seconds": "histogram",
+    "headwater_scorer_consumer_lag": "gauge",
+    "headwater_scorer_served_version": "gauge",
+    "headwater_scorer_snapshot_age_seconds": "gauge",
     "headwater_monitor_drift_alerts_total": "counter",
     "headwater_api_requests_total": "counter",
     "headwater_api_request_seconds": "histogram",
@@ -194,6 +204,9 @@ def test_prometheus_scrapes_exactly_the_contract_ports():
         assert targets["targets"] == [f"{service}:{port}"]
         assert targets["labels"] == {"service": service}
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
+    scorer = jobs["headwater-scorer"]
+    assert scorer["dns_sd_configs"] == [{"names": ["scorer"], "type": "A", "port": SCORER_PORT}]
+    assert scorer["relabel_configs"] == [{"target_label": "service", "replacement": "scorer"}]
     assert config["rule_files"] == ["rules/*.yml"]
     assert sorted((CONFIG.parent).glob(config["rule_files"][0])) == [RULES]
 
@@ -411,8 +424,9 @@ def test_the_readme_compose_instructions_match_the_compose_file():
             env = services[name]["environment"]
             assert env["HEADWATER_METRICS_PORT"] == int(metrics.group(1)), name
     profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
-    assert profiles == {"replay": ["replay"]}
+    assert profiles == {"replay": ["replay"], "scorer": ["scorers"]}
     assert "docker compose --profile replay run --rm replay" in section
+    assert "docker compose --profile scorers up -d --scale scorer=" in section
     assert "docker compose up -d" in section
     replay_row = next(r for r in rows if r[0] == "replay")
     assert " ".join(services["replay"]["command"]) in replay_row[1]

@@ -6,6 +6,7 @@ seldom told apart (issue 25's acceptance; the figures are printed)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from river.datasets import synth
 
@@ -13,29 +14,11 @@ from services.learner.core import LearnerCore
 from shared.spec import parse_spec
 
 DRIFT_AT, EVENTS = 10_000, 20_000
-# Before the drift the challenger is the champion (a Hoeffding tree) exactly: its detector
-# (DDM, made insensitive to SEA's 10% label noise) stays quiet, so every pair is a tie.
-# After the drift the detector fires and the challenger starts a tree on the new concept.
-DRIFT_SPEC = """
-name: sea
-task: binary
-models:
-  - name: tree
-    river: river.tree.HoeffdingTreeClassifier
-  - name: retrained
-    river:
-      class: river.drift.DriftRetrainingClassifier
-      params:
-        model: {class: river.tree.HoeffdingTreeClassifier}
-        drift_detector: {class: river.drift.binary.DDM, params: {drift_threshold: 6.0}}
-champion: tree
-serving:
-  rollout:
-    challenger: retrained
-    policy: canary
-    share: 0.1
-    promotion: {label_budget: 20000}
-"""
+# ops/pipelines/sea-rollout.yaml: before a concept drift its challenger is its champion (a
+# Hoeffding tree) exactly, since the challenger's detector stays quiet and every pair is a
+# tie; after the drift the detector fires and the challenger starts a tree on the new
+# concept.
+DRIFT_SPEC = (Path(__file__).parents[2] / "ops/pipelines/sea-rollout.yaml").read_text()
 
 
 def equal_spec(seed_a: int, seed_b: int) -> str:
