@@ -258,18 +258,20 @@ class LearnerService:
     def _settle_decisions(self) -> None:
         """Rollout decisions published since the last call: kept in Redis for readers, and
         checkpointed at once, so the snapshot scorers route by carries them."""
-        events = [e.to_wire() for e in self.publisher.decisions]
-        self.publisher.decisions.clear()
-        for e in events:
-            self.metrics.rollout_decisions.labels(e["kind"], e["source"]).inc()
+        decisions = self.publisher.decisions
+        events = [e.to_wire() for e in decisions]
         try:
             self.rollouts.add_events(events)
             self.checkpoint(f"rollout {','.join(e['kind'] for e in events)}")
         except redis.RedisError as exc:
             log.error(
-                "rollout decision not yet in Redis; the next checkpoint carries it",
+                "rollout decision not yet kept in Redis or checkpointed; tried again next",
                 extra={"fields": {"error": str(exc)}},
             )
+            return
+        del decisions[: len(events)]  # the checkpoint's drain may have added newer ones
+        for e in events:
+            self.metrics.rollout_decisions.labels(e["kind"], e["source"]).inc()
 
     def release(self) -> None:
         """Send what the intake releases to the model worker, in order; the results of
