@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
 from services.learner.checkpointing import PIPELINE, LearnerState, LearnerStateKind
 from services.learner.controls import OperatorControls
@@ -37,7 +37,7 @@ from services.learner.worker import ModelWorker, WorkerError
 from shared.checkpoint.lease import Lease
 from shared.checkpoint.store import CheckpointStore
 from shared.gc_tuning import hot_path_gc
-from shared.kafka import BatchConsumer, SafeProducer
+from shared.kafka import BatchConsumer, DeliveryError, SafeProducer
 from shared.kafka.lag import ConsumerLag
 from shared.keys import PipelineKeys
 from shared.ordering import OrderedMerge
@@ -318,7 +318,8 @@ class LearnerService:
             if self.role == "active" and not fenced:
                 try:
                     self._publish_status(force=True)
-                except WorkerError as exc:  # already reported by the failure that stops us
+                except (WorkerError, DeliveryError, KafkaException) as exc:
+                    # the failure that stops us says it; this one must not hide it
                     log.warning("last status not published", extra={"fields": {"error": str(exc)}})
             if fenced:
                 self.producer.flush()  # outputs are deterministic: duplicates drop by lineage

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from shared.kafka.connection import KafkaConnection, explain
 
@@ -31,6 +31,13 @@ REFUSED: dict[int, str] = {
     KafkaError.CLUSTER_AUTHORIZATION_FAILED: "not authorised for idempotent writes: grant "
     "Write on the topic (Kafka 3.0+), or IdempotentWrite on the Cluster",
 }
+
+
+def undelivered(topic: str, err: KafkaError) -> DeliveryError:
+    """The error a refused record raises, naming the permission to grant if it is one."""
+    refused = REFUSED.get(err.code())
+    reason = refused.format(topic=topic) if refused else f"{err.str()} (code {err.name()})"
+    return DeliveryError(f"delivery to {topic} failed: {reason}")
 
 
 class SafeProducer:
@@ -66,15 +73,7 @@ class SafeProducer:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             if self._error is None:
-                refused = REFUSED.get(err.code())
-                self._error = DeliveryError(
-                    f"delivery to {msg.topic()} failed: "
-                    + (
-                        refused.format(topic=msg.topic())
-                        if refused
-                        else f"{err.str()} (code {err.name()})"
-                    )
-                )
+                self._error = undelivered(str(msg.topic()), err)
             self._failed += 1
             log.error(
                 "delivery failed", extra={"fields": {"topic": msg.topic(), "error": str(err)}}
@@ -115,6 +114,8 @@ class SafeProducer:
                 self._producer.produce(*args)
             except BufferError:
                 self._produce_when_room(*args)
+            except KafkaException as exc:  # refused at once (a topic known unauthorised)
+                raise undelivered(topic, exc.args[0]) from exc
         elif partition is None and timestamp_ms is None:  # ingest: the lineage header
             try:
                 self._producer.produce(topic, value, key, headers=headers)
@@ -143,6 +144,8 @@ class SafeProducer:
                 produce(topic, value, key)
             except BufferError:
                 self._produce_when_room(topic, value, key)
+            except KafkaException as exc:  # refused at once (a topic known unauthorised)
+                raise undelivered(topic, exc.args[0]) from exc
         self._produced += len(records)
         self._producer.poll(0)
 
