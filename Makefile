@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BROKER ?= tansu
 
-.PHONY: help setup demo test test-unit lint format bench stack clean
+.PHONY: help setup setup-bench-peer demo test test-unit lint format bench stack clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# The Quix Streams peer of the benchmarks, in a venv of its own (it pins older Kafka clients).
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed
+
+setup-bench-peer: $(QUIX_STAMP) ## Create .venv-quix for the benchmarks' Quix Streams peer
+
+$(QUIX_STAMP): ops/bench/quix-requirements.txt
+	@if [ -z "$(PYTHON)" ]; then echo "error: Python 3.11 or 3.12 is required (none found on PATH)" >&2; exit 1; fi
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet -r ops/bench/quix-requirements.txt
+	@touch $(QUIX_STAMP)
 
 demo: setup ## Run the local demo: embedded broker + Redis, Phishing replayed through the learner
 	$(BIN)/headwater demo

@@ -285,6 +285,22 @@ def bench_serving(
     )
 
 
+@bench_app.command("peer")
+def bench_peer(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    events: Annotated[int, typer.Option(min=10_000, help="Events in the stream.")] = 300_000,
+    broker: BrokerOption = BrokerChoice.tansu,
+) -> None:
+    """The learner against a Quix Streams app doing the same test-then-train (needs
+    `make setup-bench-peer`)."""
+    from services.bench.peer_bench import PeerBenchError, run_peer_bench
+
+    try:
+        _bench(as_json, lambda say: run_peer_bench(events, broker.value, say), [])
+    except PeerBenchError as exc:
+        raise fail(str(exc)) from None
+
+
 @bench_app.command("drift")
 def bench_drift(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
