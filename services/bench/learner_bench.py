@@ -118,12 +118,12 @@ def service_rate(
     events: list[Event],
     say: Callable[[str], None],
     timeout: float = 600,
-    broker: str = "tansu",
+    broker_kind: str = "tansu",
 ) -> tuple[float, dict[str, float | None]]:
     """Events/s of the learner service on a pre-loaded topic, and the CPU µs per event of
     each process meanwhile."""
     topics = TopicNames()
-    with LocalStack(pipeline_topics(topics, 1), broker=broker) as stack:
+    with LocalStack(pipeline_topics(topics, 1), broker=broker_kind) as stack:
         producer = SafeProducer(stack.bootstrap)
         for e in events:
             # the learner alone: it reads what ingest passed (events.valid)

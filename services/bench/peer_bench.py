@@ -115,7 +115,7 @@ def run_peer_bench(
     events = bench_events("Phishing", n)
     spec = parse_spec(RIVER_SPEC, "bench")
     say(f"Headwater's learner (StandardScaler | LogisticRegression), {n} events on {broker}")
-    rate, cpu = service_rate(spec, events, say, broker=broker)
+    rate, cpu = service_rate(spec, events, say, broker_kind=broker)
     say(f"  learner: {rate:,.0f} events/s, CPU µs/event {cpu}")
     peers = {}
     for guarantee in GUARANTEES:
