@@ -64,13 +64,14 @@ format: setup ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax; drift detectors; the query API; scorer replicas
+bench: setup setup-bench-peer ## Benchmarks: ingest vs raw consume; learner vs in-process River/VW; features vs faust/Bytewax; drift detectors; the query API; scorer replicas; the whole pipeline vs a Quix Streams peer
 	$(BIN)/headwater bench ingest
 	$(BIN)/headwater bench learner
 	$(BIN)/headwater bench features
 	$(BIN)/headwater bench drift
 	$(BIN)/headwater bench api
 	$(BIN)/headwater bench serving
+	$(BIN)/headwater bench pipeline
 
 stack: setup ## Start a local broker (BROKER=tansu|kafka) and Redis until Ctrl-C
 	$(BIN)/headwater stack --broker $(BROKER)

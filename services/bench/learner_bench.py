@@ -119,9 +119,10 @@ def service_rate(
     say: Callable[[str], None],
     timeout: float = 600,
     broker_kind: str = "tansu",
+    settings: dict[str, Any] | None = None,
 ) -> tuple[float, dict[str, float | None]]:
     """Events/s of the learner service on a pre-loaded topic, and the CPU µs per event of
-    each process meanwhile."""
+    each process meanwhile. `settings` overrides the service's defaults."""
     topics = TopicNames()
     with LocalStack(pipeline_topics(topics, 1), broker=broker_kind) as stack:
         producer = SafeProducer(stack.bootstrap)
@@ -131,8 +132,7 @@ def service_rate(
         producer.close()
         del producer
         say(f"  {len(events)} events loaded; running the learner service")
-        settings = stack.settings(log_format="text")
-        service = build_learner(settings, spec)
+        service = build_learner(stack.settings(log_format="text", **(settings or {})), spec)
         events_seen = functools.partial(operator.attrgetter("events_seen"), service)
         broker = stack.broker.process.pid if stack.broker.process is not None else None
         learner = weakref.ref(service)  # the service must go before the stack does

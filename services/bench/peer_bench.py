@@ -4,8 +4,8 @@ predict_one then learn_one, and produces a prediction per event, with Quix's at-
 and exactly-once guarantees. Same stream, same model (StandardScaler | LogisticRegression),
 same consumer and producer tuning.
 
-The learner is timed as `headwater bench learner` times it (its first quarter is warm-up);
-the peer from its first event until its last output is delivered and committed. CPU µs per
+Both are timed alike: from the end of their first quarter (warm-up) until their last output
+is delivered (and, for the peer, committed). CPU µs per
 event: the learner's thread and its model process, the peer's process (every thread), and
 the broker's share.
 """
@@ -57,54 +57,67 @@ class PeerBench:
         return asdict(self)
 
 
-def peer_run(events: list[Event], guarantee: str, broker: str, timeout: float = 900) -> PeerRun:
-    """The Quix peer on a fresh stack holding the stream on `events.valid`."""
+def start_peer(
+    bootstrap: str, guarantee: str, source: str, sink: str, events: int
+) -> subprocess.Popen[str]:
+    """The Quix peer as a process of its own: it exits once it made `events` outputs."""
     if not QUIX_PYTHON.exists():
         raise PeerBenchError(
             f"the Quix Streams peer's interpreter {QUIX_PYTHON} is missing: run "
             "`make setup-bench-peer` (a venv of its own: quixstreams pins an older "
             "confluent-kafka than Headwater's)"
         )
-    tag = uuid.uuid4().hex[:6]
-    source, sink = f"peer-{tag}.in", f"peer-{tag}.out"
+    return subprocess.Popen(
+        [
+            str(QUIX_PYTHON),
+            str(Path(__file__).with_name("quix_peer.py")),
+            bootstrap,
+            guarantee,
+            source,
+            sink,
+            f"quix-{uuid.uuid4().hex[:6]}",
+            str(events),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def peer_run(events: list[Event], guarantee: str, broker: str, timeout: float = 900) -> PeerRun:
+    """The Quix peer on a fresh stack holding the stream on its input, timed as the
+    learner is: its first quarter is warm-up."""
+    source, sink = "peer.in", "peer.out"
     with LocalStack({source: 1, sink: 1}, broker=broker) as stack:
         producer = SafeProducer(stack.bootstrap)
         producer.produce_all(source, [(encode(e.to_wire()), e.entity.encode()) for e in events])
         producer.close()
         pid = stack.broker.process.pid if stack.broker.process is not None else None
         broker_before = None if pid is None else cpu_seconds(pid)
-        done = subprocess.run(
-            [
-                str(QUIX_PYTHON),
-                str(Path(__file__).with_name("quix_peer.py")),
-                stack.bootstrap,
-                guarantee,
-                source,
-                sink,
-                f"quix-{tag}",
-                str(len(events)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        peer = start_peer(stack.bootstrap, guarantee, source, sink, len(events))
+        try:
+            out, err = peer.communicate(timeout=timeout)
+        finally:
+            if peer.poll() is None:
+                peer.kill()
+                peer.wait(30)
         broker_after = None if pid is None else cpu_seconds(pid)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise PeerBenchError(f"the Quix peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    lines = out.strip().splitlines()
+    if peer.returncode != 0 or not lines:
+        raise PeerBenchError(f"the Quix peer failed ({peer.returncode}):\n{err[-3000:]}")
     marks = json.loads(lines[-1])
     n = int(marks["events"])
     if n != len(events):
         raise PeerBenchError(f"the Quix peer saw {n} of {len(events)} events")
+    timed = n - int(marks["quarter"])
     broker_us = (
         None
         if broker_before is None or broker_after is None
         else (broker_after - broker_before) / n * 1e6
     )
     return PeerRun(
-        (n - 1) / (marks["last_wall"] - marks["first_wall"]),
-        (marks["last_cpu"] - marks["first_cpu"]) / n * 1e6,
+        timed / (marks["last_wall"] - marks["quarter_wall"]),
+        (marks["last_cpu"] - marks["quarter_cpu"]) / timed * 1e6,
         broker_us,
     )
 

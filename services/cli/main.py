@@ -233,6 +233,11 @@ def _bench(as_json: bool, run: Callable[[Callable[[str], None]], Any], ratios: l
     for name in ratios:
         if figures.get(name) is not None:
             console.print(f"{name}: {figures[name]:.2f}", highlight=False)
+    for name, target in (figures.get("targets") or {}).items():
+        value = target["value"]
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        mark = "met   " if target["met"] else "MISSED"
+        console.print(f"{mark} {name}: {shown} (target {target['target']})", highlight=False)
 
 
 @bench_app.command("ingest")
@@ -298,6 +303,51 @@ def bench_peer(
     try:
         _bench(as_json, lambda say: run_peer_bench(events, broker.value, say), [])
     except PeerBenchError as exc:
+        raise fail(str(exc)) from None
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    broker: BrokerOption = BrokerChoice.tansu,
+    events: Annotated[
+        int, typer.Option(min=10_000, help="Events in the throughput stream.")
+    ] = 200_000,
+    latency_seconds: Annotated[
+        float, typer.Option(min=5, help="Seconds of each paced latency run.")
+    ] = 60.0,
+    checkpoint_events: Annotated[
+        int, typer.Option(min=10_000, help="Events in each checkpoint-overhead run.")
+    ] = 900_000,
+    repeat: Annotated[int, typer.Option(min=1, help="Checkpoint-overhead rounds.")] = 3,
+    peer_events: Annotated[
+        int, typer.Option(min=10_000, help="Events in the Quix peer comparison.")
+    ] = 300_000,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG chart of latencies and throughputs here.")
+    ] = None,
+) -> None:
+    """Whole pipeline: throughput, latency, the Quix Streams peer, checkpoint overhead and
+    failover (needs `make setup-bench-peer`)."""
+    from services.bench.peer_bench import PeerBenchError
+    from services.bench.pipeline_bench import PipelineBenchError, run_pipeline_bench
+
+    try:
+        _bench(
+            as_json,
+            lambda say: run_pipeline_bench(
+                events,
+                broker.value,
+                latency_seconds,
+                checkpoint_events,
+                repeat,
+                say,
+                plot,
+                peer_events,
+            ),
+            [],
+        )
+    except (PeerBenchError, PipelineBenchError) as exc:
         raise fail(str(exc)) from None
 
 
