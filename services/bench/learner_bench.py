@@ -23,7 +23,9 @@ import vowpal_wabbit_next as vw
 from services.bench.cpu import CpuMeter
 from services.bench.timing import timed_rate
 from services.learner.app import build_learner
+from services.learner.service import LearnerService
 from services.replay.datasets import dataset_events
+from shared.checkpoint.log import checkpoint_log
 from shared.codec import encode
 from shared.kafka import SafeProducer
 from shared.messages import Event
@@ -132,30 +134,36 @@ def service_rate(
         producer.close()
         del producer
         say(f"  {len(events)} events loaded; running the learner service")
-        service = build_learner(stack.settings(log_format="text", **(settings or {})), spec)
-        events_seen = functools.partial(operator.attrgetter("events_seen"), service)
-        broker = stack.broker.process.pid if stack.broker.process is not None else None
-        learner = weakref.ref(service)  # the service must go before the stack does
-        meter = CpuMeter(
-            lambda: {
-                "learner": os.getpid(),
-                "model_process": getattr(getattr(learner(), "worker", None), "pid", None),
-                "broker": broker,
-            }
-        )
-        # The first quarter is warm-up: the ordered merge waits merge_idle_ms for the
-        # empty labels topic, then the consumer refetches after that wait's backpressure
-        # pause; the steady state comes after.
-        rate = timed_rate(
-            service.run,
-            events_seen,
-            service.producer,
-            len(events),
-            timeout,
-            len(events) // 4,
-            meter,
-        )
-        del service  # its clients go before the stack does
+        configured = stack.settings(log_format="text", **(settings or {}))
+        # as `headwater run learner` builds it: with the checkpoint topic's copy
+        with checkpoint_log(configured) as copies:
+            rate, cpu = _timed_service(
+                build_learner(configured, spec, copies=copies),
+                stack,
+                n=len(events),
+                timeout=timeout,
+            )
+    return rate, cpu
+
+
+def _timed_service(
+    service: LearnerService, stack: LocalStack, n: int, timeout: float
+) -> tuple[float, dict[str, float | None]]:
+    events_seen = functools.partial(operator.attrgetter("events_seen"), service)
+    broker = stack.broker.process.pid if stack.broker.process is not None else None
+    learner = weakref.ref(service)  # the service must go before the stack does
+    meter = CpuMeter(
+        lambda: {
+            "learner": os.getpid(),
+            "model_process": getattr(getattr(learner(), "worker", None), "pid", None),
+            "broker": broker,
+        }
+    )
+    # The first quarter is warm-up: the ordered merge waits merge_idle_ms for the empty
+    # labels topic, then the consumer refetches after that wait's backpressure pause; the
+    # steady state comes after.
+    rate = timed_rate(service.run, events_seen, service.producer, n, timeout, n // 4, meter)
+    del service  # its clients go before the stack does
     return rate, meter.per_event_us
 
 

@@ -157,6 +157,10 @@ class SafeProducer:
             except BufferError:
                 self._producer.poll(0.05)  # queue full: serve callbacks, then retry
 
+    def wait_for_topic(self, topic: str, timeout: float) -> None:
+        """Fetch the topic's metadata (its leader) now rather than at the first record."""
+        self._producer.list_topics(topic, timeout)
+
     def poll(self) -> None:
         """Serve delivery reports; services call it once per loop so counts stay current."""
         self._producer.poll(0)

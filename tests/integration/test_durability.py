@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from shared.checkpoint.log import CHUNK_BYTES, CheckpointLog, chunk_key
 from shared.checkpoint.store import CheckpointStore, StaleEpochError, StoreResetError
 from shared.kafka import ensure_topics
+from shared.kafka.admin import Admin
 from shared.redis_store import redis_client
 from shared.runtime.ownership import FreshStartRefusedError, Ownership
 from shared.runtime.restarts import run_restarting
@@ -75,6 +76,21 @@ def test_the_checkpoint_topic_holds_each_units_newest_checkpoint_in_chunks(setti
     assert _log(settings).latest("headwater:durable:other:ckpt") is None
     other = CheckpointLog(settings.kafka_bootstrap, settings.checkpoint_topic, "elsewhere")
     assert other.latest(store.base) is None  # another deployment's units are not this one's
+
+
+def test_the_checkpoint_topic_is_ready_before_the_first_checkpoint(settings, caplog):
+    """At start-up, not at the first checkpoint mid-stream (where creating it stalled the
+    stream); a broker that cannot be reached then is logged, not fatal."""
+    topic = f"{settings.checkpoint_topic}-{os.urandom(3).hex()}"
+    copies = CheckpointLog(settings.kafka_bootstrap, topic)
+    copies.prepare()
+    try:
+        assert topic in Admin(settings.kafka_bootstrap).topics(10)
+    finally:
+        copies.close()
+    unreachable = CheckpointLog("127.0.0.1:1", topic, timeout_s=1)
+    unreachable.prepare()
+    assert "checkpoint topic not ready at start-up" in caplog.text
 
 
 def test_a_store_that_redis_lost_is_put_back_from_the_topic_and_fences_the_old_writer(settings):
