@@ -52,6 +52,7 @@ PIPELINE_SPEC = ROOT / "ops/pipelines/phishing-windows.yaml"
 ENTITIES = 10_000
 WARMUP = 500  # events sent first, whose outputs say the processes under test are up
 LATENCY_RATE = 1000.0  # events/s
+START = 1_704_067_200.0  # the stream's first event time
 
 
 class PipelineBenchError(RuntimeError):
@@ -92,9 +93,11 @@ class PipelineBench:
 
 
 def stream(n: int, tag: str) -> list[Event]:
-    """Phishing cycled to `n` events over ENTITIES entities, ids unique to `tag`."""
+    """Phishing cycled to `n` events over ENTITIES entities, ids unique to `tag`, event
+    times 10 ms apart as in `headwater bench features` (each entity's windows then hold
+    several events, and no entity outlives the spec's 1 h TTL between two of its events)."""
     return [
-        Event(f"{tag}{i:09d}", f"e{i % ENTITIES}", e.ts, e.data, e.label)
+        Event(f"{tag}{i:09d}", f"e{i % ENTITIES}", START + i * 0.01, e.data, e.label)
         for i, e in enumerate(bench_events("Phishing", n))
     ]
 

@@ -10,6 +10,7 @@ form is computed once, when the segment fills: a checkpoint pickles only the ope
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from typing import Any
 
 SEGMENT = 8192
@@ -20,6 +21,7 @@ _STATE = ("horizon_s", "max_ids", "newest_ts", "forgotten", "_evicted", "_sealed
 class RecentIds:
     __slots__ = (
         "_evicted",
+        "_order",
         "_sealed",
         "_tail",
         "forgotten",
@@ -32,7 +34,11 @@ class RecentIds:
     def __init__(self, horizon_s: float, max_ids: int) -> None:
         self.horizon_s = horizon_s
         self.max_ids = max_ids
-        self.ids: dict[str, float] = {}  # insertion order = arrival order
+        self.ids: dict[str, float] = {}
+        # The ids' arrival order, oldest first, for eviction. Not the dict's own order:
+        # next(iter(dict)) skips the slots its deletions left at the front, which grew to
+        # 50-340 µs an event once the horizon was full (1 h at 100 events/s).
+        self._order: deque[str] = deque()
         self.newest_ts = float("-inf")
         self.forgotten = 0
         self._sealed: list[bytes] = []  # pickled full segments of (id, ts), oldest first
@@ -45,6 +51,8 @@ class RecentIds:
         if event_id in ids:
             return True
         ids[event_id] = ts
+        order = self._order
+        order.append(event_id)
         tail = self._tail
         tail.append((event_id, ts))
         if len(tail) == SEGMENT:
@@ -53,10 +61,11 @@ class RecentIds:
         if ts > self.newest_ts:
             self.newest_ts = ts
         cutoff = self.newest_ts - self.horizon_s
-        while ids:
-            oldest = next(iter(ids))
+        while order:
+            oldest = order[0]
             if len(ids) <= self.max_ids and ids[oldest] >= cutoff:
                 break
+            order.popleft()
             del ids[oldest]
             self.forgotten += 1
             self._evicted += 1
@@ -78,4 +87,6 @@ class RecentIds:
         for segment in self._sealed:
             arrivals.extend(pickle.loads(segment))  # bytes of our own, inside the HMAC-checked blob
         arrivals.extend(self._tail)
-        self.ids = dict(arrivals[self._evicted :])
+        kept = arrivals[self._evicted :]
+        self.ids = dict(kept)
+        self._order = deque(event_id for event_id, _ in kept)

@@ -224,8 +224,10 @@ def test_a_window_restored_at_any_point_answers_as_the_original(arrivals, max_id
         for i, (k, ts) in enumerate(arrivals):
             copy = pickle.loads(pickle.dumps(original))
             assert list(copy.ids.items()) == list(original.ids.items())
+            assert list(copy._order) == list(copy.ids)  # the eviction order, rebuilt
             assert [copy.seen(f"e{n}", t) for n, t in arrivals[i:]] == answers[i:]
             original.seen(f"e{k}", ts)
+        assert list(original._order) == list(original.ids)
 
 
 # -- the msgspec fast path agrees with the full route ----------------------------------
