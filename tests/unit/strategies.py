@@ -45,3 +45,32 @@ _base = st.fixed_dictionaries(
 event_like_dicts = st.one_of(_base, _base, _base.map(lambda e: {**e, "extra": 1}))
 """Event-shaped dicts, mostly well-formed: what a fast path accepts is exercised as much as
 what it refuses (NaN, infinities, huge ints, long strings, bad ids, unknown fields)."""
+
+_lineages = st.fixed_dictionaries(
+    {
+        "topic": st.one_of(st.text(min_size=1, max_size=5), st.just(""), st.integers(0, 3)),
+        "partition": st.one_of(st.integers(0, 2**64 - 1), st.integers(-3, -1), st.booleans()),
+        "offset": st.one_of(st.integers(0, 2**64 - 1), st.integers(-2, -1), st.floats(0, 9)),
+    }
+)
+_features_base = st.fixed_dictionaries(
+    {
+        "event": event_like_dicts,
+        "features": st.one_of(
+            st.dictionaries(_keys, _values, max_size=4),
+            st.dictionaries(_keys, _values, max_size=4),
+            st.lists(st.integers(0, 9), max_size=2),
+        ),
+        "late_windows": st.one_of(
+            st.lists(st.text(max_size=3), max_size=2),
+            st.lists(st.text(max_size=3), max_size=2),
+            st.lists(st.integers(0, 3), min_size=1, max_size=1),
+            st.just("1m"),
+        ),
+        "lineage": st.one_of(_lineages, _lineages, _lineages.map(lambda m: {**m, "x": 1})),
+    }
+)
+features_like_dicts = st.one_of(
+    _features_base, _features_base, _features_base.map(lambda r: {**r, "extra": 1})
+)
+"""features/v1-shaped dicts, mostly well-formed, with the same defects as events'."""

@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from shared.codec import CodecError, decode, encode
 from shared.messages import Event, Label, Lineage, MessageError, Outcome, Prediction
 from shared.messages.fast_event import fast_event, fast_valid_event
+from shared.messages.fast_features import fast_features_event
 from shared.messages.features import FeatureRecord
-from tests.unit.strategies import event_like_dicts
+from shared.messages.scoring_input import scoring_event
+from tests.unit.strategies import event_like_dicts, features_like_dicts
 
 
 def event(**over):
@@ -101,6 +103,36 @@ def test_what_the_learners_fast_path_accepts_the_full_route_reads_alike(obj):
         assert got == event
         assert [type(v) for v in got.data.values()] == [type(v) for v in event.data.values()]
         assert type(got.label) is type(event.label)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(features_like_dicts)
+def test_what_the_features_fast_path_accepts_the_full_route_reads_alike(obj):
+    """The learner and the scorers decode features/v1 with a msgspec fast path; whatever it
+    accepts, decode + scoring_event must accept and read the same."""
+    raw = msgpack.packb(obj, use_bin_type=True)
+    fast = fast_features_event(raw, len(raw))
+    try:
+        full = scoring_event(decode(raw), from_features=True)
+    except (CodecError, MessageError):
+        assert fast is None
+        return
+    if fast is not None:
+        event, lineage = fast
+        assert (event, lineage) == full
+        assert [type(v) for v in event.data.values()] == [type(v) for v in full[0].data.values()]
+        assert type(event.label) is type(full[0].label)
+
+
+def test_the_features_fast_path_takes_a_record_the_features_service_writes():
+    event = Event("e1", "u1", 1.5, {"x": 1, "s": "a"}, True)
+    record = FeatureRecord(event, {"x_mean_1m": 1.0, "n": None}, (), Lineage("events.valid", 1, 9))
+    raw = encode(record)
+    assert fast_features_event(raw, len(raw)) == (
+        Event("e1", "u1", 1.5, {"x_mean_1m": 1.0, "n": None}, True),
+        Lineage("events.valid", 1, 9),
+    )
+    assert fast_features_event(raw, len(raw) - 1) is None  # over the size limit: full route
 
 
 @pytest.mark.parametrize(
