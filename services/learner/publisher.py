@@ -210,7 +210,11 @@ class Publisher:
                     label = event.label
                     routing = self.routing
                     served, shadow = routing.route(entity) if routing else (None, None)
-                    for name, (pred, proba) in zip(names, first, strict=True):
+                    # Checked here, not by zip(strict=True): its keyword argument alone
+                    # cost 1.6% of this thread's instructions (callgrind).
+                    if len(first) != len(names):
+                        raise ValueError(f"{len(first)} scores for {len(names)} models")
+                    for name, (pred, proba) in zip(names, first):  # noqa: B905 (checked)
                         if serves and (served is None or name in (served, shadow)):
                             # positional: the field order of prediction/v1 and outcome/v1
                             # (a Struct encodes as its to_wire())
