@@ -42,7 +42,8 @@ class Buffered(msgspec.Struct, frozen=True):
     input record, and a frozen dataclass's __init__ cost a microsecond)."""
 
     lineage: Lineage
-    item: WireEvent | Event | Label | Rejected  # WireEvent: an event/v1 by the fast path
+    # WireEvent: an event/v1 by the fast path. An event's data may be emptied on release.
+    item: WireEvent | Event | Label | Rejected
     raw: bytes | None
     key: bytes | None
     source: Lineage | None = None  # for features records: the event they were computed from
@@ -149,6 +150,12 @@ class Intake:
                         records.append(Buffered(lineage, rejected, record.raw, record.key))
                         continue
                 x = model_input(item.data, vw_text)  # on this core, not the model process's
+                if x is not item.data and type(x) is dict:
+                    # A copy (names interned, nulls dropped): the values are then x's alone,
+                    # and marshal keeps no back-reference for each on either side of the
+                    # pipe: 2.2% of this thread's instructions (callgrind). Nothing reads an
+                    # event's data after this.
+                    item.data.clear()
                 items.append((EVENT, item.event_id, item.entity, item.ts, x, label))
             elif isinstance(item, Label):
                 items.append((LABEL, item.event_id, item.label))
