@@ -52,6 +52,7 @@ from services.learner.worker import no_wait, serve_sliced
 from shared.codec import encode
 from shared.gc_tuning import hot_path_gc
 from shared.metrics import ServiceMetrics
+from shared.models.inputs import model_input
 from shared.models.river_factory import build_estimator
 from shared.ordering import OrderedMerge
 from shared.runtime.dead_letters import DeadLetters
@@ -197,7 +198,7 @@ def model_batch(core: LearnerCore, packed_items: bytes) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("side", choices=("learner", "model", "both", "loop"))
+    parser.add_argument("side", choices=("learner", "model", "both", "loop", "floor"))
     parser.add_argument("events", type=int, nargs="?", default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
@@ -224,15 +225,20 @@ def main() -> None:
     # As the service and its model process set the collector up (take_ownership, load).
     gc.freeze()
     hot_path_gc()
-    if args.side == "loop":  # the floor: River's own loop (`inprocess_river`), for scale
+    if args.side in ("loop", "floor"):
+        # For scale: River's own loop (`inprocess_river`: predict_one), or the calls the
+        # model process makes (predict_proba_one) on the same interned dicts: the floor.
         estimator = build_estimator(spec.models[0].config, "models[0].river")
-        events = [(e.data, e.label) for e in bench_events("Phishing", args.events)]
+        events = [
+            (model_input(e.data, False), e.label) for e in bench_events("Phishing", args.events)
+        ]
+        predict = estimator.predict_one if args.side == "loop" else estimator.predict_proba_one
         gc.freeze()
         hot_path_gc()
         toggles.start()
-        for data, label in events:
-            estimator.predict_one(data)
-            estimator.learn_one(data, label)
+        for x, label in events:
+            predict(x)
+            estimator.learn_one(x, label)
         toggles.stop()
         return
 
