@@ -16,7 +16,6 @@ from services.learner.checkpointing import LearnerState
 from services.learner.worker import EVENT, LABEL, Item
 from shared.codec import CodecError, decode
 from shared.kafka import BatchConsumer
-from shared.kafka.position import position
 from shared.messages import Event, Label, Lineage, MessageError
 from shared.messages.fast_event import WireEvent, fast_valid_wire
 from shared.messages.scoring_input import scoring_event
@@ -83,7 +82,11 @@ class Intake:
 
     def buffer(self, msg: Message) -> None:
         """Decode and validate now; order and apply later."""
-        topic, partition, offset = position(msg)
+        # `position(msg)` inline (its call, with the fast path's below: 2.1% of this
+        # thread's instructions, callgrind)
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            raise ValueError("record has no position (an error event, not a data record)")
         raw = msg.value()
         key = msg.key()
         if type(key) is not bytes:
