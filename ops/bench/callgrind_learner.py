@@ -142,14 +142,29 @@ class KeptProducer:
         return [(topic, v, k) for topic, batch in self.batches for v, k in batch]
 
 
-def messages(n: int, batch_size: int, settings: Settings) -> list[list[FakeMessage]]:
-    """The bench stream as events.valid records, in consume batches."""
-    topic = settings.topics.events_valid
-    msgs = [
-        FakeMessage(topic, 0, i, encode(e.to_wire()), e.entity.encode())
-        for i, e in enumerate(bench_events("Phishing", n))
-    ]
-    return [msgs[i : i + batch_size] for i in range(0, n, batch_size)]
+def messages(
+    n: int, batch_size: int, settings: Settings, mixed: int = 0
+) -> list[list[FakeMessage]]:
+    """The bench stream as events.valid records, in consume batches. With `mixed` (for
+    the hash check, not the counts): every `mixed`-th event without its label, which then
+    comes from labels.valid three events later, and every (mixed + 1)-th with a null
+    feature."""
+    topics = settings.topics
+    msgs: list[FakeMessage] = []
+    late: dict[int, tuple[str, str, Any]] = {}  # at index: the label record to send there
+    for i, e in enumerate(bench_events("Phishing", n)):
+        wire = e.to_wire()
+        if mixed and i % mixed == 0:
+            wire.pop("label", None)
+            late[i + 3] = (e.event_id, e.entity, e.label)
+        if mixed and i % (mixed + 1) == 0:
+            wire["data"] = {**wire["data"], "absent": None}
+        msgs.append(FakeMessage(topics.events_valid, 0, i, encode(wire), e.entity.encode()))
+        if i in late:
+            event_id, entity, label = late.pop(i)
+            value = {"event_id": event_id, "entity": entity, "label": label, "ts": e.ts}
+            msgs.append(FakeMessage(topics.labels_valid, 0, i, encode(value), None))
+    return [msgs[i : i + batch_size] for i in range(0, len(msgs), batch_size)]
 
 
 class LearnerSide:
@@ -201,11 +216,12 @@ def main() -> None:
     parser.add_argument("side", choices=("learner", "model", "both", "loop", "floor"))
     parser.add_argument("events", type=int, nargs="?", default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--mixed", type=int, default=0, help="see `messages`")
     args = parser.parse_args()
     toggles = _Toggles()
     settings = Settings()
     spec = parse_spec(RIVER_SPEC, "bench")
-    batches = messages(args.events, args.batch_size, settings)
+    batches = messages(args.events, args.batch_size, settings, args.mixed)
 
     # Every input made before the counted part: both sides run once uncounted, so the
     # counted side gets the other side's outputs as it would from the pipe.
