@@ -21,7 +21,15 @@ set-up cost nothing; run it as
 
 and read "Collected" (or `callgrind_annotate`) divided by the events. Without valgrind the
 toggles do nothing. Each run prints a hash of every output record (topic, value, key) and
-of the model side's results: a change to the hot path must leave both as they were.
+of the model side's results: a change to the hot path must leave both as they were
+(`--mixed` adds late labels and nulls to the stream for that check).
+
+Measured for issue 26 (instructions per event, 10,000 events, PYTHONHASHSEED=0):
+
+                         before (9bfc923)   after (branch i26-hot)
+  learner thread               81,777              70,923
+  model process               163,449             158,908
+  floor (River's calls)       142,545             142,545
 """
 
 from __future__ import annotations
