@@ -16,7 +16,6 @@ from services.learner.checkpointing import LearnerState
 from services.learner.worker import EVENT, LABEL, Item
 from shared.codec import CodecError, decode
 from shared.kafka import BatchConsumer
-from shared.kafka.position import position
 from shared.messages import Event, Label, Lineage, MessageError
 from shared.messages.fast_event import WireEvent, fast_valid_wire
 from shared.messages.scoring_input import scoring_event
@@ -42,7 +41,8 @@ class Buffered(msgspec.Struct, frozen=True):
     input record, and a frozen dataclass's __init__ cost a microsecond)."""
 
     lineage: Lineage
-    item: WireEvent | Event | Label | Rejected  # WireEvent: an event/v1 by the fast path
+    # WireEvent: an event/v1 by the fast path. An event's data may be emptied on release.
+    item: WireEvent | Event | Label | Rejected
     raw: bytes | None
     key: bytes | None
     source: Lineage | None = None  # for features records: the event they were computed from
@@ -82,7 +82,11 @@ class Intake:
 
     def buffer(self, msg: Message) -> None:
         """Decode and validate now; order and apply later."""
-        topic, partition, offset = position(msg)
+        # `position(msg)` inline (its call, with the fast path's below: 2.1% of this
+        # thread's instructions, callgrind)
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            raise ValueError("record has no position (an error event, not a data record)")
         raw = msg.value()
         key = msg.key()
         if type(key) is not bytes:
@@ -149,6 +153,12 @@ class Intake:
                         records.append(Buffered(lineage, rejected, record.raw, record.key))
                         continue
                 x = model_input(item.data, vw_text)  # on this core, not the model process's
+                if x is not item.data and type(x) is dict:
+                    # A copy (names interned, nulls dropped): the values are then x's alone,
+                    # and marshal keeps no back-reference for each on either side of the
+                    # pipe: 2.2% of this thread's instructions (callgrind). Nothing reads an
+                    # event's data after this.
+                    item.data.clear()
                 items.append((EVENT, item.event_id, item.entity, item.ts, x, label))
             elif isinstance(item, Label):
                 items.append((LABEL, item.event_id, item.label))

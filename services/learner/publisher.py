@@ -34,6 +34,8 @@ EVENT_TO_PREDICTION_BUCKETS = (*LATENCY_BUCKETS, 5.0, 10.0, 30.0, 60.0, 300.0, 9
 LABEL_LAG_BUCKETS = (0, 1, 5, 10, 50, 100, 500, 1000, 5000)
 
 Batch = tuple[list[Buffered], int, list[Any]]  # records, model version, worker results
+# Bound once: `WireEvent | Event` in the isinstance call built a union object per record.
+_EVENTS = (WireEvent, Event)
 
 
 @dataclass
@@ -202,13 +204,17 @@ class Publisher:
             try:
                 if kind == SCORED:
                     event = record.item
-                    assert isinstance(event, WireEvent | Event)
+                    assert isinstance(event, _EVENTS)
                     event_id, entity, ts = event.event_id, event.entity, event.ts
                     key = entity.encode()
                     label = event.label
                     routing = self.routing
                     served, shadow = routing.route(entity) if routing else (None, None)
-                    for name, (pred, proba) in zip(names, first, strict=True):
+                    # Checked here, not by zip(strict=True): its keyword argument alone
+                    # cost 1.6% of this thread's instructions (callgrind).
+                    if len(first) != len(names):
+                        raise ValueError(f"{len(first)} scores for {len(names)} models")
+                    for name, (pred, proba) in zip(names, first):  # noqa: B905 (checked)
                         if serves and (served is None or name in (served, shadow)):
                             # positional: the field order of prediction/v1 and outcome/v1
                             # (a Struct encodes as its to_wire())

@@ -58,8 +58,19 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
     out: list[Result] = []
     append = out.append
     score, join, marks = core.score, core.join, core.marks
+    # Labelled events straight to the model while `score` would do nothing else for them
+    # (`direct_step`), counted per run.
+    direct = core.direct_step()
+    run = 0  # events scored by `direct` and not yet counted
     for item in items:
         try:
+            if direct is not None:
+                if item[0] == EVENT and item[5] is not None:
+                    append((SCORED, (direct.predict_learn(item[4], item[5]),), []))
+                    run += 1
+                    continue  # nothing changed but the model: `direct` still holds
+                core.count_direct(direct, run)  # before any other call reads the counters
+                run = 0
             if item[0] == EVENT:
                 _, event_id, entity, ts, data, label = item
                 append((SCORED, *score(event_id, entity, ts, data, label)))
@@ -79,6 +90,12 @@ def serve_batch(core: LearnerCore, items: list[Item]) -> tuple[int, list[Result]
             log.exception("model failed on a record", extra={"fields": {"event": item[1]}})
             marks.clear()
             append((FAILED, "model_error", f"{type(exc).__name__}: {exc}"))
+        if run and direct is not None:  # a direct call failed: its run is counted
+            core.count_direct(direct, run)
+            run = 0
+        direct = core.direct_step()
+    if run and direct is not None:
+        core.count_direct(direct, run)
     return version, out
 
 

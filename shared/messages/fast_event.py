@@ -74,9 +74,24 @@ def fast_valid_wire(raw: bytes | None, max_bytes: int) -> WireEvent | None:
     """An event/v1 record as `Event.from_wire(decode(raw))` would read it, by the fast path,
     as the decoded Struct (an Event's fields: a caller that only reads them skips the
     copy); None when the fast path declines (the caller then takes the full route)."""
-    if raw is None or len(raw) > max_bytes:
+    # `fast_event(raw, math.inf)` (the full route bounds no time from above), its body
+    # inline: the learner's thread runs this for every event (the calls it saves, with the
+    # learner's own: 2.1% of its instructions, callgrind). Tests hold both to the full route.
+    if raw is None or not raw or len(raw) > max_bytes or raw[0] < 0x80:
         return None
-    return fast_event(raw, math.inf)  # the full route bounds no time from above
+    try:
+        event = _DECODER.decode(raw)
+    except Exception:
+        return None
+    ts = event.ts
+    if type(ts) is not float or not 0.0 <= ts < math.inf:
+        return None
+    data = event.data
+    if "" in data or (
+        len(raw) > _LONG_KEY_POSSIBLE and bool(data) and max(map(len, data)) > MAX_ID_LEN
+    ):
+        return None
+    return event
 
 
 def fast_valid_event(raw: bytes | None, max_bytes: int) -> Event | None:

@@ -256,3 +256,48 @@ def test_a_paused_model_predicts_and_is_scored_but_learns_nothing():
     run_core(reference, events[:500] + events[700:800])
     assert pickle.dumps(core.models["logreg"]) == pickle.dumps(reference.models["logreg"])
     assert core.learned["logreg"] == 600
+
+
+def test_serve_batch_direct_path_matches_score_call_by_call(monkeypatch):
+    """`serve_batch` calls a lone model's `predict_learn` itself for labelled events
+    (`direct_step`) and counts them per run: the results and the counters are those of
+    `score` called for each record, with unlabelled events, labels and a record the model
+    refuses (dead-lettered mid-run) in between."""
+    from services.learner.worker import EVENT, FAILED, LABEL, serve_batch
+
+    spec = parse_spec(
+        "name: p\ntask: binary\nlabels: {horizon_events: 5}\nmodels:\n"
+        "  - name: lr\n    river: {pipeline: [river.preprocessing.StandardScaler, "
+        "river.linear_model.LogisticRegression]}\n"
+    )
+    events = list(itertools.islice(dataset_events("Phishing"), 60))
+    items: list[tuple] = []
+    for i, e in enumerate(events):
+        label = None if i % 7 == 3 else e.label
+        data = {"bad": "a string"} if i == 11 else e.data
+        items.append((EVENT, e.event_id, e.entity, e.ts, data, label))
+        if i % 7 == 4:  # the unlabelled one's label, a record later
+            items.append((LABEL, events[i - 1].event_id, events[i - 1].label))
+        if i == 30:  # a label before its event: early, so no direct run until it is met
+            items.append((LABEL, events[32].event_id, events[32].label))
+
+    def served(direct: bool) -> tuple:
+        core = LearnerCore.from_spec(spec)
+        core.track_metrics = False  # as both workers run it
+        if not direct:
+            monkeypatch.setattr(core, "direct_step", lambda: None)
+        results = [
+            r
+            for start in range(0, len(items), 25)
+            for r in serve_batch(core, items[start : start + 25])[1]
+        ]
+        counters = (core.events_seen, core.labels_learned, dict(core.learned), len(core.pending))
+        return results, counters, core.models["lr"].predict(events[0].data)
+
+    direct, by_score = served(True), served(False)
+    assert direct == by_score
+    results, counters, _ = direct
+    assert [r[0] for r in results].count(FAILED) == 1
+    # the refused record is neither seen nor learned; the last unlabelled one still waits
+    assert counters[:2] == (59, 58)
+    assert counters[3] == 1

@@ -233,3 +233,24 @@ def test_vw_predict_learn_is_exact_whatever_the_options(args, one_pass):
     for e in itertools.islice(dataset_events("Phishing"), 200):
         assert one.predict_learn(e.data, e.label) == two.predict(e.data)
         two.learn(e.data, e.label)
+
+
+def test_model_input_interns_names_and_drops_nulls_in_the_data_order():
+    """A name interned first elsewhere ("https": a literal here) makes `model_input`
+    rebuild the dict: every name then the interned string, nulls gone, order kept, on the
+    first record and on the next (its names from the cache), for names never seen too."""
+    from sys import intern
+
+    from shared.models.inputs import model_input
+
+    def fresh(name: str) -> str:
+        return "".join(list(name))  # an equal string, not the interned one
+
+    for extra in ("zz_first_time_name", "zz_another_name"):
+        data = {fresh("https"): 1.0, fresh(extra): None, fresh("age"): 2, fresh("xs"): "a"}
+        for _ in range(2):
+            x = model_input(data, False)
+            assert x == {"https": 1.0, "age": 2, "xs": "a"}
+            assert list(x) == ["https", "age", "xs"]
+            assert all(intern(k) is k for k in x)
+    assert model_input(data, False, interned=False) == {"https": 1.0, "age": 2, "xs": "a"}
