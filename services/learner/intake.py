@@ -18,6 +18,7 @@ from shared.codec import CodecError, decode
 from shared.kafka import BatchConsumer
 from shared.messages import Event, Label, Lineage, MessageError
 from shared.messages.fast_event import WireEvent, fast_valid_wire
+from shared.messages.fast_features import fast_features_event
 from shared.messages.scoring_input import scoring_event
 from shared.models.inputs import model_input
 from shared.ordering import OrderedMerge, OrderKey
@@ -94,10 +95,17 @@ class Intake:
         # the commonest record, decoded and checked in one C pass
         # The decoded Struct itself is the event: building an Event from it costs 3% of this
         # thread.
-        item = fast_valid_wire(raw, self._max_bytes) if topic == self._events_topic else None
+        item: WireEvent | Event | None = None
+        source = None
+        if topic == self._events_topic:
+            item = fast_valid_wire(raw, self._max_bytes)
+        elif topic == self._features_topic:
+            fast = fast_features_event(raw, self._max_bytes)
+            if fast is not None:
+                item, source = fast
         if item is not None:
             order: OrderKey = (item.ts, EVENT_RANK, partition, offset)
-            buffered = Buffered(Lineage(topic, partition, offset), item, raw, key)
+            buffered = Buffered(Lineage(topic, partition, offset), item, raw, key, source)
         else:
             full, order, source = self._decode(topic, partition, offset, raw)
             buffered = Buffered(Lineage(topic, partition, offset), full, raw, key, source)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from shared.codec import CodecError, decode, encode
 from shared.messages import Event, Lineage, MessageError, Prediction
 from shared.messages.fast_event import WireEvent, fast_valid_wire
+from shared.messages.fast_features import fast_features_event
 from shared.messages.scoring_input import scoring_event
 from shared.models.inputs import model_input
 from shared.snapshot import ModelSnapshot
@@ -103,11 +104,13 @@ class Scorer:
         """The event to score, or None (counted) for a record the learner does not score
         either: undecodable, a bad inline label, a features record applied already."""
         try:
-            fast = None if self.from_features else fast_valid_wire(raw, self.max_bytes)
-            if fast is not None:
-                event: Event | WireEvent = fast
-                source = None
+            event: Event | WireEvent | None
+            if self.from_features:
+                fast = fast_features_event(raw, self.max_bytes)
+                event, source = (None, None) if fast is None else fast
             else:
+                event, source = fast_valid_wire(raw, self.max_bytes), None
+            if event is None:
                 event, source = scoring_event(decode(raw, self.max_bytes), self.from_features)
             if event.label is not None:
                 check_label(event.label, task)
