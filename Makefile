@@ -43,7 +43,7 @@ $(QUIX_STAMP): ops/bench/quix-requirements.txt
 demo: setup ## Run the local demo: embedded broker + Redis, Phishing replayed through the learner
 	$(BIN)/headwater demo
 
-test: setup ## Run the whole test suite: unit + integration on Apache Kafka, then a Tansu smoke subset
+test: setup setup-bench-peer ## Run the whole test suite: unit + integration on Apache Kafka, then a Tansu smoke subset
 	@bash ops/install-test-tools.sh
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \

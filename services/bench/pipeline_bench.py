@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -131,6 +132,10 @@ def all_alive(procs: list[ManagedProcess]) -> Callable[[], bool]:
     return lambda: all(p.alive() for p in procs)
 
 
+def still_running(proc: subprocess.Popen[str]) -> Callable[[], bool]:
+    return lambda: proc.poll() is None
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -145,6 +150,7 @@ def _process_pids(stack: LocalStack, procs: list[ManagedProcess]) -> dict[str, i
             children = child_pids(p.pid)
             pids["model_process"] = children[0] if children else None
     pids["broker"] = stack.broker.process.pid if stack.broker.process is not None else None
+    pids["redis"] = stack.redis.pid if stack.redis is not None else None
     return pids
 
 
@@ -152,12 +158,9 @@ def _cpu(pids: dict[str, int | None]) -> dict[str, float | None]:
     return {name: None if pid is None else cpu_seconds(pid) for name, pid in pids.items()}
 
 
-def events_seen(stack: LocalStack, pipeline: str) -> int:
-    store = RedisStore(stack.redis_url)
-    try:
-        return int(store.get_hash(PipelineKeys(pipeline).learner_status).get("events_seen", 0))
-    finally:
-        store.close()
+def events_seen(store: RedisStore, pipeline: str) -> int:
+    """What the learner's status says it has read (written every second)."""
+    return int(store.get_hash(PipelineKeys(pipeline).learner_status).get("events_seen", 0))
 
 
 def last_output_time(bootstrap: str, topic: str, n: int, timeout: float = 120) -> float:
@@ -205,12 +208,16 @@ def pipeline_throughput(n: int, broker: str, say: Callable[[str], None]) -> Thro
         producer.produce_all(topics.events, batch)
         producer.close()
         deadline = time.monotonic() + 900
-        while events_seen(stack, spec.name) < WARMUP + n:
-            if not alive():
-                raise PipelineBenchError("a service exited during the throughput run")
-            if time.monotonic() > deadline:
-                raise PipelineBenchError("the stream was not through the pipeline in 900 s")
-            time.sleep(0.05)
+        store = RedisStore(stack.redis_url)
+        try:
+            while events_seen(store, spec.name) < WARMUP + n:
+                if not alive():
+                    raise PipelineBenchError("a service exited during the throughput run")
+                if time.monotonic() > deadline:
+                    raise PipelineBenchError("the stream was not through the pipeline in 900 s")
+                time.sleep(0.05)
+        finally:
+            store.close()
         after = _cpu(pids)
         last = last_output_time(stack.bootstrap, topics.predictions, WARMUP + n)
     rate = n / (last - started)
@@ -223,9 +230,7 @@ def pipeline_throughput(n: int, broker: str, say: Callable[[str], None]) -> Thro
     return Throughput(rate, inprocess, rate / inprocess, cpu)
 
 
-def latencies(
-    broker: str, seconds: float, peer: bool, say: Callable[[str], None]
-) -> dict[str, Latency]:
+def latencies(broker: str, seconds: float, say: Callable[[str], None]) -> dict[str, Latency]:
     """Each at LATENCY_RATE for `seconds`, on a stack of its own."""
     everything = stream(WARMUP + int(LATENCY_RATE * seconds), "l")
     warm, measured = records(everything[:WARMUP]), records(everything[WARMUP:])
@@ -266,26 +271,25 @@ def latencies(
                     alive=all_alive(procs),
                 )
             report(name, result)
-    if peer:
-        for guarantee in ("at-least-once", "exactly-once"):
-            with LocalStack({"peer.in": 1, "peer.out": 1}, broker=broker) as stack:
-                proc = start_peer(
-                    stack.bootstrap, guarantee, "peer.in", "peer.out", len(warm) + len(measured)
+    for guarantee in ("at-least-once", "exactly-once"):
+        with LocalStack({"peer.in": 1, "peer.out": 1}, broker=broker) as stack:
+            proc = start_peer(
+                stack.bootstrap, guarantee, "peer.in", "peer.out", len(warm) + len(measured)
+            )
+            try:
+                result = paced_latency(
+                    stack.bootstrap,
+                    "peer.in",
+                    "peer.out",
+                    warm,
+                    measured,
+                    LATENCY_RATE,
+                    alive=still_running(proc),
                 )
-                try:
-                    result = paced_latency(
-                        stack.bootstrap,
-                        "peer.in",
-                        "peer.out",
-                        warm,
-                        measured,
-                        LATENCY_RATE,
-                        alive=lambda proc=proc: proc.poll() is None,  # type: ignore[misc]
-                    )
-                finally:
-                    proc.kill()
-                    proc.wait(30)
-            report(f"quix {guarantee}", result)
+            finally:
+                proc.kill()
+                proc.wait(30)
+        report(f"quix {guarantee}", result)
     return out
 
 
@@ -453,7 +457,7 @@ def run_pipeline_bench(
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in throughput.cpu_us_per_event.items() if v)
     say(f"  pipeline: {throughput.events_per_s:,.0f} events/s, CPU µs/event: {cpu}")
     say(f"Latency at {LATENCY_RATE:,.0f} events/s for {latency_seconds:.0f} s")
-    latency = latencies(broker, latency_seconds, True, say)
+    latency = latencies(broker, latency_seconds, say)
     say("Quix Streams peer")
     peer = run_peer_bench(peer_events, broker, say)
     say(f"Checkpoint overhead: {checkpoint_events} events, {repeat} rounds")

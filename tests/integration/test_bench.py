@@ -131,3 +131,39 @@ def test_bench_api_json_reports_each_phase_and_the_targets():
         "hostile_healthz_max_ms", "hostile_413",
     }  # fmt: skip
     assert figures["targets"]["hostile_413"]["met"] is True
+
+
+@pytest.mark.timeout(700, method="thread")
+def test_bench_pipeline_json_reports_every_part_and_its_targets(tmp_path):
+    """Tiny sizes: the parts run and report, not the figures (those need the defaults)."""
+    chart = tmp_path / "pipeline.png"
+    result = headwater(
+        "bench", "pipeline", "--json", "--events", "10000", "--latency-seconds", "5",
+        "--peer-events", "10000", "--checkpoint-events", "10000", "--repeat", "1",
+        "--plot", str(chart), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    throughput = figures["throughput"]
+    assert throughput["ratio"] == throughput["events_per_s"] / throughput["inprocess_events_per_s"]
+    assert set(throughput["cpu_us_per_event"]) == {
+        "ingest", "features", "learner", "model_process", "broker", "redis",
+    }  # fmt: skip
+    assert set(figures["latency"]) == {
+        "raw_hop", "learner", "pipeline", "quix at-least-once", "quix exactly-once",
+    }  # fmt: skip
+    for run in figures["latency"].values():
+        assert (run["events"], run["missing"]) == (5000, 0)
+        assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"] <= run["max_ms"]
+        assert len(run["percentiles_ms"]) == 99
+    peer = figures["peer"]
+    assert set(peer["peers"]) == {"at-least-once", "exactly-once"}
+    for guarantee, run in peer["peers"].items():
+        assert run["events_per_s"] > 0
+        assert peer["ratios"][guarantee] == peer["learner_events_per_s"] / run["events_per_s"]
+    assert len(figures["checkpointing"]["rounds"]) == 1
+    assert 0 < figures["failover_s"] < 60  # the lease lapses after 5 s, then a restore
+    assert len(figures["targets"]) == 9
+    assert all(isinstance(t["met"], bool) for t in figures["targets"].values())
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert chart.stat().st_size > 10_000
