@@ -111,6 +111,35 @@ class OutputWatch:
         self._consumer.close()
 
 
+def send_paced(
+    producer: SafeProducer,
+    topic: str,
+    batch: Sequence[Record],
+    rate: float,
+    sent: dict[str, float] | None = None,
+    stop: threading.Event | None = None,
+) -> float:
+    """Sends `batch` at `rate` records/s, stamping each send time in `sent`, until done or
+    `stop` is set; returns the rate kept."""
+    produce, poll = producer.produce, producer.poll
+    started = time.perf_counter()
+    done = 0
+    for i, (event_id, value, key) in enumerate(batch):
+        if stop is not None and stop.is_set():
+            break
+        due = started + i / rate
+        while (now := time.perf_counter()) < due:
+            poll()
+            if due - now > 0.002:
+                time.sleep(min(due - now - 0.001, 0.01))
+        if sent is not None:
+            sent[event_id] = time.perf_counter()
+        produce(topic, value, key)
+        poll()
+        done += 1
+    return done / max(time.perf_counter() - started, 1e-9)
+
+
 def paced_latency(
     bootstrap: str,
     in_topic: str,
@@ -133,19 +162,8 @@ def paced_latency(
         if watch.wait_for([r[0] for r in warmup], ready_timeout, alive):
             raise LatencyError(f"no output for the warm-up on {out_topic} in {ready_timeout:.0f} s")
         sent: dict[str, float] = {}
-        produce, poll = producer.produce, producer.poll
-        started = time.perf_counter()
-        for i, (event_id, value, key) in enumerate(measured):
-            due = started + i / rate
-            while (now := time.perf_counter()) < due:
-                poll()
-                if due - now > 0.002:
-                    time.sleep(min(due - now - 0.001, 0.01))
-            sent[event_id] = time.perf_counter()
-            produce(in_topic, value, key)
-            poll()
+        kept = send_paced(producer, in_topic, measured, rate, sent)
         producer.flush()
-        kept = len(measured) / max(time.perf_counter() - started, 1e-9)
         missing = watch.wait_for(list(sent), 30.0, alive)
     finally:
         watch.close()

@@ -150,7 +150,7 @@ def _timed_service(
     service: LearnerService, stack: LocalStack, n: int, timeout: float
 ) -> tuple[float, dict[str, float | None]]:
     events_seen = functools.partial(operator.attrgetter("events_seen"), service)
-    broker = stack.broker.process.pid if stack.broker.process is not None else None
+    broker = stack.broker_pid
     learner = weakref.ref(service)  # the service must go before the stack does
     meter = CpuMeter(
         lambda: {

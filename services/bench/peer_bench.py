@@ -92,7 +92,7 @@ def peer_run(events: list[Event], guarantee: str, broker: str, timeout: float = 
         producer = SafeProducer(stack.bootstrap)
         producer.produce_all(source, [(encode(e.to_wire()), e.entity.encode()) for e in events])
         producer.close()
-        pid = stack.broker.process.pid if stack.broker.process is not None else None
+        pid = stack.broker_pid
         broker_before = None if pid is None else cpu_seconds(pid)
         peer = start_peer(stack.bootstrap, guarantee, source, sink, len(events))
         try:

@@ -33,7 +33,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.bench.cpu import cpu_seconds
-from services.bench.latency import Latency, OutputWatch, Record, paced_latency
+from services.bench.latency import Latency, OutputWatch, Record, paced_latency, send_paced
 from services.bench.learner_bench import RIVER_SPEC, bench_events, inprocess_river, service_rate
 from services.bench.peer_bench import PeerBench, run_peer_bench, start_peer
 from services.launch import start_service
@@ -149,7 +149,7 @@ def _process_pids(stack: LocalStack, procs: list[ManagedProcess]) -> dict[str, i
         if p.name == "learner":
             children = child_pids(p.pid)
             pids["model_process"] = children[0] if children else None
-    pids["broker"] = stack.broker.process.pid if stack.broker.process is not None else None
+    pids["broker"] = stack.broker_pid
     pids["redis"] = stack.redis.pid if stack.redis is not None else None
     return pids
 
@@ -389,15 +389,7 @@ def _wait_for_log(proc: ManagedProcess, text: str, timeout: float) -> None:
 
 def _send_paced(bootstrap: str, topic: str, batch: list[Record], stop: threading.Event) -> None:
     producer = SafeProducer(bootstrap)
-    started = time.perf_counter()
-    for i, (_, value, key) in enumerate(batch):
-        if stop.is_set():
-            break
-        delay = started + i / LATENCY_RATE - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        producer.produce(topic, value, key)
-        producer.poll()
+    send_paced(producer, topic, batch, LATENCY_RATE, stop=stop)
     producer.close()
 
 

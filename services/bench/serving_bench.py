@@ -177,7 +177,7 @@ def replicas_rate(
             (encode(e.to_wire()), e.entity.encode()) for e in events
         ]
         cpu_before = sum(cpu_seconds(p.pid) or 0.0 for p in procs)
-        broker = stack.broker.process.pid if stack.broker.process is not None else None
+        broker = stack.broker_pid
         broker_before = None if broker is None else cpu_seconds(broker)
         producer.produce_all(topics.events_valid, records)
         producer.flush()

@@ -30,7 +30,7 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     event_id: Id
     entity: Id
     ts: float | int
-    # Keys are checked by `_bad_keys`, not by an `Id` constraint: msgspec reuses the string
+    # Keys are checked by `bad_keys`, not by an `Id` constraint: msgspec reuses the string
     # objects of the keys it decodes unless they are constrained, and a constrained key cost
     # ~0.5 µs a record here plus ~1 µs in every model, whose dict lookups then compare fresh
     # strings by value instead of by identity.
@@ -46,7 +46,7 @@ _DECODER = msgspec.msgpack.Decoder(WireEvent)
 _LONG_KEY_POSSIBLE = MAX_ID_LEN + 32
 
 
-def _bad_keys(data: Mapping[str, object], size: int) -> bool:
+def bad_keys(data: Mapping[str, object], size: int) -> bool:
     """A key that `Id` refuses: empty, or longer than MAX_ID_LEN."""
     return "" in data or (
         size > _LONG_KEY_POSSIBLE and bool(data) and max(map(len, data)) > MAX_ID_LEN
@@ -65,7 +65,7 @@ def fast_event(raw: bytes | None, max_ts: float) -> WireEvent | None:
     ts = event.ts
     if type(ts) is not float or not 0.0 <= ts < max_ts:  # ints are rewritten as floats
         return None
-    if _bad_keys(event.data, len(raw)):
+    if bad_keys(event.data, len(raw)):
         return None
     return event
 

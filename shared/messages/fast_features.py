@@ -17,8 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from shared.messages.event import Event
-from shared.messages.fast_event import Value, WireEvent
-from shared.messages.fast_event import _bad_keys as bad_keys
+from shared.messages.fast_event import Value, WireEvent, bad_keys
 from shared.messages.fields import MAX_DATA_FIELDS
 from shared.messages.lineage import Lineage
 

@@ -73,6 +73,11 @@ class LocalStack:
         return self.broker.bootstrap
 
     @property
+    def broker_pid(self) -> int | None:
+        """The broker's process (None before it starts): benchmarks read its CPU."""
+        return self.broker.process.pid if self.broker.process is not None else None
+
+    @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
