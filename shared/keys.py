@@ -52,6 +52,11 @@ class PipelineKeys:
         return f"{self.base}:learner:spec"
 
     @property
+    def learner_history(self) -> str:
+        """The learner's metric series over the stream (JSON), for the API's pages."""
+        return f"{self.base}:learner:history"
+
+    @property
     def learner_lease(self) -> str:
         return f"{self.base}:learner:lease"
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from river import utils
 
+from services.learner.metric_history import MetricHistory
 from services.learner.outputs import AnyMark, Joined, Scores
 from services.learner.reaction import Reactions
 from services.learner.window_metric import WindowMetric, rolling
@@ -89,6 +90,9 @@ class LearnerCore:
     # The spec's serving.rollout (shared/rollout/state.py): who serves, the challenger's
     # test and its decisions, put in `marks` as ("rollout", event_id, decision). Checkpointed.
     rollout: Rollout | None = None
+    # The metrics' series over the stream, kept by the service beside `metrics` (None in a
+    # core that never went through a service's checkpoint). Checkpointed.
+    history: MetricHistory | None = None
     # The bound calls of each model, rebuilt after a restore or a model swap (never pickled).
     _plan: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _metric_plan: MetricPlan = field(default=(), init=False, repr=False, compare=False)
@@ -107,6 +111,7 @@ class LearnerCore:
         state.setdefault("paused", frozenset())
         state.setdefault("labels_skipped_paused", 0)
         state.setdefault("rollout", None)
+        state.setdefault("history", None)
         self.__dict__.update(state)
 
     @property

@@ -30,9 +30,10 @@ class Point:
 
 @dataclass
 class MetricHistory:
-    every: int = 100
+    every: int = 1000
     capacity: int = 512
     points: list[Point] = field(default_factory=list)
+    labels: int = 0  # labels applied to the metrics so far (see `add`)
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.capacity < 2:
@@ -57,6 +58,12 @@ class MetricHistory:
                     kept.append(point)
             self.points = kept
         return True
+
+    def add(self, labels: int) -> bool:
+        """Count `labels` more labels applied to the metrics; True if a point is now due
+        (then `observe(self.labels, …)`)."""
+        self.labels += labels
+        return self.due(self.labels)
 
     def to_wire(self) -> dict[str, Any]:
         return {"every": self.every, "points": [p.to_wire() for p in self.points]}

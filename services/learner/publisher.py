@@ -13,9 +13,10 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.learner.core import MetricPlan, metric_plan, update_metrics
+from services.learner.core import MetricPlan, metric_plan, metric_values, update_metrics
 from services.learner.intake import Buffered, Rejected
 from services.learner.latency import LatencySamples
+from services.learner.metric_history import MetricHistory
 from services.learner.outputs import decisions_of, mark_records, outcomes, reactions_of
 from services.learner.worker import FAILED, SCORED
 from shared.codec import encode
@@ -123,6 +124,9 @@ class Publisher:
         # The prequential metrics, kept here from the results (set on taking ownership).
         self.model_metrics: dict[str, list[Any]] = {}
         self._plan: MetricPlan = ()
+        # Their series over the stream (the pipeline page's curves), set on taking
+        # ownership and checkpointed with them.
+        self.history = MetricHistory()
         self.events_seen = 0  # scored events whose outputs were produced (bench, logs)
         # Per-record counts, added to the Prometheus counters once per batch (cheaper).
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -187,6 +191,7 @@ class Publisher:
         predictions, outcomes_out = self._predictions.append, self._outcomes.append
         shadows = self._shadow.append
         plan = self._plan
+        history = self.history
         lags = self._label_lags.append
         scored = inline = learned = 0
         each = iter(results)
@@ -282,12 +287,23 @@ class Publisher:
                 log.exception("record not published", extra={"fields": {"offset": lineage.offset}})
                 self.dead_letter(record, "model_error", f"{type(exc).__name__}: {exc}")
                 continue
+            applied = len(joined)  # labels this record applied to the metrics
             if kind == SCORED:
                 scored += 1
                 if record.item.label is not None:
                     inline += 1
+                    applied += 1
             else:
                 self._tally[("records", f"label_{first}")] += 1
+            # at the record that completes a run of labels, however records are batched,
+            # so a replay takes the same points
+            if applied and history.add(applied):
+                history.observe(
+                    history.labels,
+                    self.events_seen + scored,
+                    time.time(),
+                    metric_values(self.model_metrics),
+                )
         self.events_seen += scored
         if learned:
             self._tally[("labels", "")] += learned

@@ -17,6 +17,7 @@ re-emits identical outputs, which downstream drops by lineage.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from services.learner.core import LearnerCore, metric_values
 from services.learner.intake import Buffered, Intake
 from services.learner.latency import LatencySamples
 from services.learner.lease_keeper import LeaseKeeper
+from services.learner.metric_history import MetricHistory
 from services.learner.publisher import LearnerMetrics, Publisher
 from services.learner.worker import ModelWorker, WorkerError
 from shared.checkpoint.lease import Lease
@@ -144,6 +146,9 @@ class LearnerService:
         )
         self.lag = ConsumerLag(metrics.stream.consumer_lag)
         self._status_at = 0.0
+        self._redis = store.client
+        self._history_key = PipelineKeys(fresh.pipeline).learner_history
+        self._history_written = (0, 0)
         self._gc_thresholds: tuple[int, int, int] | None = None
 
     @property
@@ -191,6 +196,7 @@ class LearnerService:
         core = self.state.core
         # The metrics are kept by the publisher, from the results, off the model process's.
         self.publisher.set_model_metrics(core.metrics)
+        self.publisher.history = core.history or MetricHistory()
         self.publisher.events_seen = core.events_seen
         self.publisher.routing = None if core.rollout is None else core.rollout.routing
         self.intake.vw_text = core.vw_text
@@ -300,6 +306,7 @@ class LearnerService:
         worker = self._worker()
         snapshot = worker.snapshot()
         snapshot.metrics = self.publisher.model_metrics
+        snapshot.history = self.publisher.history
         self.state.core = snapshot
         try:
             version = self.checkpoints.checkpoint([PIPELINE], reason, started)[PIPELINE]
@@ -388,3 +395,12 @@ class LearnerService:
             for name, value in values.items():
                 self.metrics.model_metric.labels(model, name).set(value)
         self.status.write(record.fields())
+        self._write_history()
+
+    def _write_history(self) -> None:
+        """The metrics' series, for the API, when it gained a point since the last write."""
+        points = self.publisher.history.points
+        mark = (len(points), points[-1].labels if points else 0)
+        if mark != self._history_written:
+            self._redis.set(self._history_key, json.dumps(self.publisher.history.to_wire()))
+            self._history_written = mark

@@ -61,3 +61,14 @@ def test_a_history_that_cannot_hold_a_curve_is_refused():
         MetricHistory(every=0)
     with pytest.raises(ValueError, match="every >= 1 and capacity >= 2"):
         MetricHistory(capacity=1)
+
+
+def test_labels_counted_as_they_are_applied_say_when_a_point_is_due():
+    history = MetricHistory(every=10, capacity=8)
+    due = []
+    for n in (3, 3, 3, 3, 9, 1):
+        if history.add(n):
+            due.append(history.labels)
+            history.observe(history.labels, 0, 0.0, values(history.labels))
+    assert due == [12, 21]
+    assert history.labels == 22
