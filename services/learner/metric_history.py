@@ -4,7 +4,7 @@ page and `headwater report` chart (issue 27).
 A point is taken at the first observation in each run of `every` labels learned. When the
 series is full, the spacing doubles and only the first point of each doubled run is kept, so
 however long the stream, the series covers all of it evenly in at most `capacity` points.
-To be kept in the learner's checkpoint (not wired in yet), so that a rollback or a replay from
+Kept in the learner's checkpoint (LearnerCore.history), so that a rollback or a replay from
 a checkpoint shows the same curve up to that point.
 """
 
