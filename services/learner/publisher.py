@@ -297,7 +297,9 @@ class Publisher:
                 self._tally[("records", f"label_{first}")] += 1
             # at the record that completes a run of labels, however records are batched,
             # so a replay takes the same points
-            if applied and history.add(applied):
+            if applied:  # `history.add(applied)` inline (its call: 3% of this thread)
+                history.labels += applied
+            if history.labels >= history.next_due:
                 history.observe(
                     history.labels,
                     self.events_seen + scored,
