@@ -180,3 +180,19 @@ class RolloutView(BaseModel):
     decisions: list[dict[str, Any]] = Field(
         description="The newest model-event/v1 records, newest first."
     )
+
+
+class MetricPoint(BaseModel):
+    labels: int = Field(description="Labels learned when the point was taken.")
+    events: int = Field(description="Events seen then.")
+    at: float = Field(description="When (UTC epoch seconds).")
+    values: dict[str, dict[str, float]] = Field(description="Per model, each metric's value.")
+
+
+class HistoryView(BaseModel):
+    pipeline: str
+    every: int | None = Field(
+        description="Labels between two points (it doubles as the stream grows); null when "
+        "the learner has kept no series yet."
+    )
+    points: list[MetricPoint] = Field(description="Oldest first, evenly over the stream.")

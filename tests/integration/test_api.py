@@ -242,6 +242,24 @@ def test_recent_drift_alerts(running):
     assert too_many.status_code == 422
 
 
+def test_the_metric_history_holds_a_point_per_run_of_labels(running):
+    """N labels, one point every 1,000: its values are the learner's metrics then (the
+    last labels, so those in its status now)."""
+    body = running.get(f"/pipelines/{PIPELINE}/history").json()
+    assert body["pipeline"] == PIPELINE
+    assert body["every"] == 1000
+    [point] = body["points"]
+    assert (point["labels"], point["events"]) == (N, N)
+    status = running.status()
+    expected = {
+        name: float(value)
+        for key, value in status.items()
+        if key.startswith(f"metric:{MODEL}:")
+        for name in [key.split(":", 2)[2]]
+    }
+    assert point["values"][MODEL] == expected
+
+
 def test_unknown_names_are_404_with_a_json_error(running):
     p, m = PIPELINE, MODEL
     for path in (
@@ -250,6 +268,7 @@ def test_unknown_names_are_404_with_a_json_error(running):
         f"/pipelines/{p}/models/nope",
         f"/pipelines/{p}/models/nope/versions",
         "/pipelines/nope/drift",
+        "/pipelines/nope/history",
         "/pipelines/nope/features/u1",
         f"/pipelines/{p}/features/never-seen",
         "/pipelines/NOT%20A%20NAME/models",
@@ -359,7 +378,7 @@ def test_schemathesis_finds_no_server_error(running, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "14 selected / 14 total" in result.stdout  # every operation
+    assert "15 selected / 15 total" in result.stdout  # every operation
     assert "Missing test data" not in result.stdout  # they got past the 404s
     assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-2000:]
 
