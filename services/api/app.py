@@ -25,7 +25,16 @@ from services.api.limits import BodyLimit, RequestMetrics, too_large_message
 from services.api.predictor import Predictor
 from services.api.readers import StateReader
 from services.api.registry import RegistryFill
-from services.api.routes import admin, drift, features, health, history, models, rollout
+from services.api.routes import (
+    admin,
+    drift,
+    features,
+    health,
+    history,
+    models,
+    page,
+    rollout,
+)
 from shared.kafka.connection import KafkaConnection
 from shared.metrics import ServiceMetrics
 from shared.redis_store import redis_client
@@ -111,7 +120,7 @@ def create_app(
         log.exception("request failed", extra={"fields": {"path": request.url.path}})
         return error_response(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
-    routers = (health, models, features, drift, admin, rollout, history)
+    routers = (health, models, features, drift, admin, rollout, history, page)
     for router in (r.router for r in routers):
         app.include_router(router)
     app.add_middleware(RequestMetrics)

@@ -186,6 +186,7 @@ class MetricPoint(BaseModel):
     labels: int = Field(description="Labels learned when the point was taken.")
     events: int = Field(description="Events seen then.")
     at: float = Field(description="When (UTC epoch seconds).")
+    ts: float | None = Field(description="Event time of the record that completed the run.")
     values: dict[str, dict[str, float]] = Field(description="Per model, each metric's value.")
 
 
@@ -196,3 +197,19 @@ class HistoryView(BaseModel):
         "the learner has kept no series yet."
     )
     points: list[MetricPoint] = Field(description="Oldest first, evenly over the stream.")
+
+
+class PageData(BaseModel):
+    """What the pipeline page draws, each part as its own route answers it."""
+
+    pipeline: str
+    read_at: float = Field(description="When the API read it (UTC epoch seconds).")
+    running: bool = Field(description="A learner wrote its status in the last 30 s.")
+    status: dict[str, Any] | None = Field(description="The learner's status; null before one.")
+    models: list[ModelState]
+    history: HistoryView
+    alerts: list[dict[str, Any]] = Field(description="Newest drift alerts first (500 at most).")
+    rollout: RolloutView
+    versions: list[Version] = Field(
+        description="Checkpoint history, newest first, with the first model's metrics."
+    )

@@ -215,6 +215,19 @@ def demo(
     print_summary(summary, console)
 
 
+@app.command()
+def report(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.", dir_okay=False)],
+) -> None:
+    """Write the pipeline page, with what the services kept in HEADWATER_REDIS_URL, as one
+    self-contained HTML file (charts, tables; opens with no server and no network)."""
+    from services.api.report import write_report
+
+    size = write_report(load_settings(), pipeline, out)
+    console.print(f"Wrote {out} ({size / 1024:,.0f} KiB): pipeline {pipeline}", highlight=False)
+
+
 bench_app = typer.Typer(help="Benchmarks, as ratios against a baseline in the same run.")
 app.add_typer(bench_app, name="bench")
 
@@ -445,6 +458,7 @@ def bench_api(
 
 def main() -> None:
     """Console-script entry point: expected errors print one clear line, not a traceback."""
+    from services.api.report import ReportError
     from services.demo.run import DemoError
     from services.features.app import FeaturesConfigError
     from services.ingest.app import IngestConfigError
@@ -473,6 +487,7 @@ def main() -> None:
         RecordedStreamError,
         DatasetError,
         DemoError,
+        ReportError,
         DeliveryError,
         TopicError,
         ConsumerConfigError,

@@ -22,10 +22,17 @@ class Point:
     labels: int  # labels learned when it was taken
     events: int  # events seen then
     at: float  # wall clock (UTC epoch seconds)
+    ts: float | None  # the event time of the record completing the run (None: it had none)
     values: Values
 
     def to_wire(self) -> dict[str, Any]:
-        return {"labels": self.labels, "events": self.events, "at": self.at, "values": self.values}
+        return {
+            "labels": self.labels,
+            "events": self.events,
+            "at": self.at,
+            "ts": self.ts,
+            "values": self.values,
+        }
 
 
 @dataclass
@@ -50,12 +57,14 @@ class MetricHistory:
         """A point is due at each multiple of `every` labels not yet taken."""
         return labels >= self.next_due
 
-    def observe(self, labels: int, events: int, at: float, values: Mapping[str, Any]) -> bool:
+    def observe(
+        self, labels: int, events: int, at: float, ts: float | None, values: Mapping[str, Any]
+    ) -> bool:
         """Take a point if one is due (the caller computes `values` only then: see `due`);
         True if taken."""
         if not self.due(labels):
             return False
-        self.points.append(Point(labels, events, at, {m: dict(v) for m, v in values.items()}))
+        self.points.append(Point(labels, events, at, ts, {m: dict(v) for m, v in values.items()}))
         if len(self.points) > self.capacity:
             self.every *= 2
             kept: list[Point] = []

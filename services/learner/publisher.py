@@ -304,6 +304,7 @@ class Publisher:
                     history.labels,
                     self.events_seen + scored,
                     time.time(),
+                    getattr(record.item, "ts", None),
                     metric_values(self.model_metrics),
                 )
         self.events_seen += scored

@@ -196,7 +196,7 @@ class LearnerService:
         core = self.state.core
         # The metrics are kept by the publisher, from the results, off the model process's.
         self.publisher.set_model_metrics(core.metrics)
-        self.publisher.history = core.history or MetricHistory()
+        self.publisher.history = core.history or MetricHistory(self.settings.history_every)
         self.publisher.events_seen = core.events_seen
         self.publisher.routing = None if core.rollout is None else core.rollout.routing
         self.intake.vw_text = core.vw_text

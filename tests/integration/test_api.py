@@ -260,6 +260,22 @@ def test_the_metric_history_holds_a_point_per_run_of_labels(running):
     assert point["values"][MODEL] == expected
 
 
+def test_the_page_data_is_each_route_s_answer_in_one(running):
+    page = running.get(f"/pipelines/{PIPELINE}/page").json()
+    assert page["history"] == running.get(f"/pipelines/{PIPELINE}/history").json()
+    assert (
+        page["versions"]
+        == running.get(f"/pipelines/{PIPELINE}/models/{MODEL}/versions").json()["versions"]
+    )
+    assert [m["model"] for m in page["models"]] == [MODEL]
+    assert page["rollout"]["state"] is None
+    ui = running.get("/ui")
+    assert ui.status_code == 200
+    assert ui.headers["content-type"].startswith("text/html")
+    assert "function chart(" in ui.text  # the charts are drawn by its own script
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", ui.text)  # nothing from elsewhere
+
+
 def test_unknown_names_are_404_with_a_json_error(running):
     p, m = PIPELINE, MODEL
     for path in (
@@ -269,6 +285,7 @@ def test_unknown_names_are_404_with_a_json_error(running):
         f"/pipelines/{p}/models/nope/versions",
         "/pipelines/nope/drift",
         "/pipelines/nope/history",
+        "/pipelines/nope/page",
         "/pipelines/nope/features/u1",
         f"/pipelines/{p}/features/never-seen",
         "/pipelines/NOT%20A%20NAME/models",
@@ -378,7 +395,7 @@ def test_schemathesis_finds_no_server_error(running, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "15 selected / 15 total" in result.stdout  # every operation
+    assert "16 selected / 16 total" in result.stdout  # every operation
     assert "Missing test data" not in result.stdout  # they got past the 404s
     assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-2000:]
 

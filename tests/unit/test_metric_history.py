@@ -14,7 +14,7 @@ def values(labels: int) -> dict[str, dict[str, float]]:
 
 def test_a_point_is_taken_once_per_run_of_labels_even_when_labels_come_in_batches():
     history = MetricHistory(every=100, capacity=50)
-    taken = [n for n in range(0, 1001, 30) if history.observe(n, 2 * n, 0.0, values(n))]
+    taken = [n for n in range(0, 1001, 30) if history.observe(n, 2 * n, 0.0, None, values(n))]
     assert taken == [120, 210, 300, 420, 510, 600, 720, 810, 900]
     assert [p.events for p in history.points] == [2 * n for n in taken]
     assert history.points[0].values == {"logreg": {"Accuracy": 120 / 1e6}}
@@ -24,7 +24,7 @@ def test_the_series_stays_bounded_and_covers_the_whole_stream():
     history = MetricHistory(every=10, capacity=64)
     end = 1_000_000
     for n in range(0, end + 1, 7):
-        history.observe(n, n, float(n), values(n))
+        history.observe(n, n, float(n), float(n), values(n))
         assert len(history.points) <= 64
     labels = [p.labels for p in history.points]
     assert labels == sorted(labels)
@@ -42,8 +42,8 @@ def test_a_restored_history_goes_on_as_the_original():
         if n == 77:
             copy = pickle.loads(pickle.dumps(original))
         if copy is not None:
-            copy.observe(n, n, 0.0, values(n))
-        original.observe(n, n, 0.0, values(n))
+            copy.observe(n, n, 0.0, None, values(n))
+        original.observe(n, n, 0.0, None, values(n))
     assert copy is not None
     assert copy.to_wire() == original.to_wire()
 
@@ -51,7 +51,7 @@ def test_a_restored_history_goes_on_as_the_original():
 def test_values_are_copied_when_taken():
     history = MetricHistory(every=1, capacity=4)
     live = {"m": {"Accuracy": 0.5}}
-    history.observe(1, 1, 0.0, live)
+    history.observe(1, 1, 0.0, None, live)
     live["m"]["Accuracy"] = 0.9
     assert history.points[0].values == {"m": {"Accuracy": 0.5}}
 

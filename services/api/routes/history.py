@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter
 
 from services.api import models as m
-from services.api.context import ERRORS, Ctx, PipelineName, known_pipeline
+from services.api.context import ERRORS, Context, Ctx, PipelineName, known_pipeline
 from shared.keys import PipelineKeys
 
 router = APIRouter()
@@ -23,6 +23,10 @@ router = APIRouter()
 def history(ctx: Ctx, pipeline: PipelineName) -> m.HistoryView:
     """The series of metric points the learner took, one per run of labels; empty before
     its first point."""
+    return read_history(ctx, pipeline)
+
+
+def read_history(ctx: Context, pipeline: str) -> m.HistoryView:
     known_pipeline(ctx, pipeline)
     raw = ctx.reader.client.get(PipelineKeys(pipeline).learner_history)
     if raw is None:

@@ -145,6 +145,10 @@ def read_model_state(ctx: Context, pipeline: str, model: str) -> m.ModelState:
 )
 def versions(ctx: Ctx, pipeline: PipelineName, model: ModelName) -> m.VersionList:
     """Checkpoint history, newest first, with the model's metrics at each version."""
+    return read_versions(ctx, pipeline, model)
+
+
+def read_versions(ctx: Context, pipeline: str, model: str) -> m.VersionList:
     known_model(ctx, pipeline, model)
     out = []
     for info in ctx.reader.checkpoints(pipeline).versions():

@@ -31,6 +31,10 @@ def rollout(ctx: Ctx, pipeline: PipelineName, limit: int = 20) -> m.RolloutView:
     """The routing, the phase and the running test's evidence, the champion's and the
     challenger's metrics and their difference, and the newest decisions; `state` null for
     a pipeline without a rollout."""
+    return read_rollout(ctx, pipeline, limit)
+
+
+def read_rollout(ctx: Context, pipeline: str, limit: int) -> m.RolloutView:
     state, decisions = _store(ctx, pipeline).read(max(1, min(limit, 100)))
     if state is None:  # no serving.rollout in its spec, or its learner has not run with one
         return m.RolloutView(pipeline=pipeline, state=None, metrics={}, deltas={}, decisions=[])
