@@ -11,6 +11,8 @@ All live under `headwater:<pipeline>:`, so several pipelines share one Redis and
   readers, shared/snapshot.py), `learner:snapshot:v<N>` and `learner:snapshot:versions`
   (the last K snapshots, for scorers pinned to one): the learner.
 - `learner:paused`: set of paused models, written by the API for operators.
+- `learner:history`: JSON of each model's metrics over the stream (the learner, for the
+  pipeline page); `scorer:served`: hash of the version each scorer replica serves.
 - `learner:rollout`, `learner:rollout:events`, `learner:rollout:requests`: the rollout's
   state and newest decisions (the learner), and operators' requests (the API, the CLI).
 - `ingest-status:<instance>`, `features-status:<instance>`: hashes of one instance's counters.
@@ -87,6 +89,11 @@ class PipelineKeys:
     def learner_rollout_requests(self) -> str:
         """List of operators' rollout requests, oldest first (the API, the CLI)."""
         return f"{self.base}:learner:rollout:requests"
+
+    @property
+    def scorers_served(self) -> str:
+        """Hash: each scorer replica's served snapshot version (shared/served_versions.py)."""
+        return f"{self.base}:scorer:served"
 
     @property
     def learner_paused(self) -> str:

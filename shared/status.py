@@ -39,7 +39,7 @@ def _number(value: str | None, kind: type[int] | type[float]) -> int | float | N
 class LearnerStatus:
     """Written by the active learner about once a second, and as it stops."""
 
-    role: str = "standby"  # "active" once it holds the lease
+    role: str = "standby"  # "active" once it holds the lease, "stopped" in its last status
     updated_at: float = 0.0  # wall clock of the write
     model_version: int = 0  # the checkpoint version its models descend from
     events_seen: int = 0
@@ -106,8 +106,8 @@ class LearnerStatus:
         return cls(**values, metrics=metrics, reactions=reactions)
 
     def live(self, now: float | None = None, within_s: float = 30.0) -> bool:
-        """Written in the last `within_s` seconds: the learner runs."""
-        return (now or time.time()) - self.updated_at <= within_s
+        """Written in the last `within_s` seconds and not on stopping: the learner runs."""
+        return self.role != "stopped" and (now or time.time()) - self.updated_at <= within_s
 
 
 @dataclass(frozen=True)

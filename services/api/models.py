@@ -82,7 +82,9 @@ class ModelState(BaseModel):
     task: str | None
     spec: dict[str, Any] | None = Field(description="The model's section of the pipeline spec.")
     learning: str = Field(description="learning or paused")
-    running: bool = Field(description="A learner wrote its status in the last 30 s.")
+    running: bool = Field(
+        description="A learner wrote its status in the last 30 s, not on stopping."
+    )
     events_seen: int | None
     labels_learned: int | None
     pending_labels: int | None
@@ -204,7 +206,15 @@ class PageData(BaseModel):
 
     pipeline: str
     read_at: float = Field(description="When the API read it (UTC epoch seconds).")
-    running: bool = Field(description="A learner wrote its status in the last 30 s.")
+    running: bool = Field(
+        description="A learner wrote its status in the last 30 s, not on stopping."
+    )
+    champion: str | None = Field(description="The spec's champion; null without a spec.")
+    serving_by: str = Field(description="Who publishes predictions: learner or scorers.")
+    scorers: dict[str, dict[str, Any]] = Field(
+        description="Scorer replicas seen in the last 10 s: the snapshot version each "
+        "serves (version, pinned, at)."
+    )
     status: dict[str, Any] | None = Field(description="The learner's status; null before one.")
     models: list[ModelState]
     history: HistoryView

@@ -195,8 +195,22 @@ def demo(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for predictions.")] = 150.0,
     broker: BrokerOption = BrokerChoice.tansu,
+    port: Annotated[
+        int,
+        typer.Option(
+            min=1, max=65535, help="The pipeline page's port (a free one if it is taken)."
+        ),
+    ] = 8000,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the pipeline page, as it is at the end, to this HTML file."),
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the stack and the page up until Ctrl-C.")
+    ] = False,
 ) -> None:
-    """Local end-to-end run: stack, learner, replay, and the prequential score from the topic."""
+    """Local end-to-end run: stack, learner, replay, and the prequential score from the
+    topic; the pipeline page is served while it runs."""
     from services.demo.report import print_summary
     from services.demo.run import DEFAULT_SPEC, run_demo
     from shared.shutdown import interrupt_on_signals
@@ -211,6 +225,9 @@ def demo(
             say=lambda text: console.print(text, highlight=False),
             topics=load_settings().topics,
             broker=broker.value,
+            page_port=port,
+            report=report,
+            serve=serve,
         )
     print_summary(summary, console)
 

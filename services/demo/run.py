@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from services.api.report import write_report
 from services.demo.scoring import dedupe, score
-from services.launch import start_service
+from services.launch import start_api, start_service
 from services.replay.datasets import dataset_events
 from services.replay.recorded import read_events, write_events
 from services.replay.replayer import replay_file
@@ -27,7 +29,7 @@ from shared.settings import TopicNames
 from shared.spec import PipelineSpec, load_spec
 from shared.stack import LocalStack
 from shared.stack.local_stack import pipeline_topics
-from shared.stack.processes import ManagedProcess
+from shared.stack.processes import ManagedProcess, free_port, port_is_free, wait_for_port
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "ops" / "pipelines" / "phishing.yaml"
 
@@ -135,6 +137,34 @@ def wait_until_assigned(redis_url: str, pipeline: str, learner: ManagedProcess) 
         store.close()
 
 
+def history_every(events: int) -> str:
+    """About 100 points on the page's charts, unless HEADWATER_HISTORY_EVERY says."""
+    return os.environ.get("HEADWATER_HISTORY_EVERY") or str(max(10, events // 100))
+
+
+def start_page(port: int, env: dict[str, str], say: Callable[[str], None]) -> ManagedProcess:
+    """The API, for its pipeline page, on `port` or a free one if that is taken."""
+    if not port_is_free(port):
+        taken, port = port, free_port()
+        say(f"  port {taken} is taken: the page is on port {port}")
+    api = start_api(port, env)
+    if not wait_for_port(port, 30, api.proc):
+        api.stop()
+        raise DemoError(f"the API did not start:\n{api.log_tail()}")
+    say(f"Pipeline page: http://127.0.0.1:{port}/ui")
+    return api
+
+
+def hold(say: Callable[[str], None], alive: Callable[[], bool]) -> None:
+    """`--serve`: keep everything up, for the page, until Ctrl-C."""
+    say("Serving the page until Ctrl-C")
+    try:
+        while alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("Stopping")
+
+
 def spec_metrics(spec: PipelineSpec) -> list[Any]:
     if spec.metrics:
         return [build_metric(n, f"metrics[{i}]") for i, n in enumerate(spec.metrics)]
@@ -149,8 +179,13 @@ def run_demo(
     say: Callable[[str], None] = print,
     topics: TopicNames | None = None,
     broker: str = "tansu",
+    page_port: int = 8000,
+    report: Path | None = None,
+    serve: bool = False,
 ) -> DemoSummary:
-    """`topics` must be what the learner child reads from the environment (the defaults)."""
+    """`topics` must be what the learner child reads from the environment (the defaults).
+    The API serves the pipeline page while the demo runs (`serve`: until Ctrl-C);
+    `report`: the page is written there as a file once the learner has stopped."""
     spec = load_spec(spec_path)
     topics = topics or TopicNames()
     with tempfile.TemporaryDirectory(prefix="headwater-demo-") as tmp:
@@ -160,12 +195,17 @@ def run_demo(
         say(f"Starting the local stack ({stack.broker_name} + Redis) for pipeline {spec.name!r}")
         with stack:
             say(f"  broker {stack.bootstrap}, redis {stack.redis_url}")
-            env = {**stack.env(), "HEADWATER_LOG_FORMAT": "text"}
+            env = {
+                **stack.env(),
+                "HEADWATER_LOG_FORMAT": "text",
+                "HEADWATER_HISTORY_EVERY": history_every(len(labels)),
+            }
             helpers = [start_service("ingest", spec_path, env)]
             if spec.features:
                 helpers.append(start_service("features", spec_path, env))
             learner = start_service("learner", spec_path, env)
             try:
+                helpers.append(start_page(page_port, env, say))
                 wait_until_assigned(stack.redis_url, spec.name, learner)
                 say(f"Replaying {name} ({len(labels)} events) through Kafka")
                 started = time.monotonic()
@@ -181,6 +221,8 @@ def run_demo(
                     lambda: learner.alive() and all(h.alive() for h in helpers),
                 )
                 seconds = time.monotonic() - started
+                if serve:
+                    hold(say, lambda: learner.alive() and all(h.alive() for h in helpers))
             except DemoError as exc:
                 logs = "\n".join(f"{p.name} log:\n{p.log_tail()}" for p in [*helpers, learner])
                 raise DemoError(f"{exc}\n{logs}") from exc
@@ -192,6 +234,9 @@ def run_demo(
                         f"{proc.name} exited with {codes[proc.name]}:\n{proc.log_tail()}"
                     )
                 proc.cleanup()
+            if report is not None:
+                size = write_report(stack.settings(topics=topics), spec.name, report)
+                say(f"Report: {report} ({size / 1024:,.0f} KiB), the page as one file")
     summary = DemoSummary(
         spec.name, name, sent.events, sent.labels, len(predictions), seconds, spec.champion
     )

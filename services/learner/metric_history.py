@@ -40,7 +40,9 @@ class MetricHistory:
     every: int = 1000
     capacity: int = 512
     points: list[Point] = field(default_factory=list)
-    labels: int = 0  # labels applied to the metrics so far (see `add`)
+    # labels applied to the metrics so far: the publisher adds to it and, when it reaches
+    # `next_due`, calls `observe(labels, …)` (inline: a method call per record cost 3%)
+    labels: int = 0
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.capacity < 2:
@@ -74,12 +76,6 @@ class MetricHistory:
             self.points = kept
         self._set_next()
         return True
-
-    def add(self, labels: int) -> bool:
-        """Count `labels` more labels applied to the metrics; True if a point is now due
-        (then `observe(self.labels, …)`)."""
-        self.labels += labels
-        return self.labels >= self.next_due
 
     def to_wire(self) -> dict[str, Any]:
         return {"every": self.every, "points": [p.to_wire() for p in self.points]}

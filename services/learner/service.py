@@ -323,6 +323,7 @@ class LearnerService:
     def close(self, fenced: bool) -> None:
         try:
             if self.role == "active" and not fenced:
+                self.role = "stopped"  # its last status says so: the API, the page
                 try:
                     self._publish_status(force=True)
                 except (WorkerError, DeliveryError, KafkaException) as exc:

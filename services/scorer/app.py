@@ -12,6 +12,8 @@ from shared.kafka import BatchConsumer, SafeProducer, require_topics
 from shared.kafka.connection import KafkaConnection
 from shared.metrics import serve_metrics
 from shared.redis_store import RedisStore
+from shared.runtime.partitioned import instance_name
+from shared.served_versions import ServedVersions
 from shared.settings import Settings
 from shared.snapshot import SnapshotStore
 from shared.spec import PipelineSpec
@@ -51,7 +53,12 @@ def build_scorer(
     return ScorerService(
         consumer,
         SafeProducer(kafka),
-        SnapshotFollower(snapshots, settings.scorer_version, settings.scorer_poll_s),
+        SnapshotFollower(
+            snapshots,
+            settings.scorer_version,
+            settings.scorer_poll_s,
+            ServedVersions(store.client, spec.name, instance_name()),
+        ),
         Scorer(from_features=source == topics.features, max_bytes=settings.max_message_bytes),
         topics.predictions,
         topics.predictions_shadow,

@@ -15,6 +15,7 @@ import time
 import redis
 
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
+from shared.served_versions import ServedVersions
 from shared.snapshot import ModelSnapshot, NoSnapshotError, SnapshotFormatError, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,17 @@ UNREADABLE = (SnapshotFormatError, CheckpointTamperedError, CheckpointFormatErro
 
 
 class SnapshotFollower:
-    def __init__(self, store: SnapshotStore, pinned: int | None, poll_s: float) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        pinned: int | None,
+        poll_s: float,
+        served: ServedVersions | None = None,
+    ) -> None:
         self.store = store
         self.pinned = pinned
         self.poll_s = poll_s
+        self.served = served  # where the version serving is told, at each poll
         self.current: ModelSnapshot | None = None
         self.published_at: float | None = None  # of `current`, Unix seconds
         self.error: Exception | None = None  # what stops the scorer (a pinned version gone)
@@ -59,10 +67,14 @@ class SnapshotFollower:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        if self.served is not None:
+            self.served.remove()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             self.refresh()
+            if self.served is not None and self.current is not None:
+                self.served.write(self.current.version, self.pinned is not None)
 
     def refresh(self) -> bool:
         """Load the wanted snapshot if it is not the one serving; True when swapped."""

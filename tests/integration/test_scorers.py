@@ -25,6 +25,7 @@ from shared.codec import decode, encode
 from shared.messages import Event, Lineage
 from shared.models.inputs import model_input
 from shared.redis_store import redis_client
+from shared.served_versions import read_served
 from shared.settings import Settings
 from shared.snapshot import SnapshotStore
 from shared.stack.processes import free_port
@@ -144,6 +145,9 @@ def test_three_scorers_serve_every_event_once_while_one_is_killed(stack, tmp_pat
             procs,
             timeout=30,
         )
+        # and the API's page sees them in Redis: the killed replica's field is stale
+        told = read_served(redis_client(settings), PIPELINE)
+        assert sum(s["version"] == last for s in told.values()) == 3, told
     finally:
         watch.stop.set()
         codes = stop_all(procs, tmp_path / "logs")

@@ -66,9 +66,10 @@ def test_a_history_that_cannot_hold_a_curve_is_refused():
 def test_labels_counted_as_they_are_applied_say_when_a_point_is_due():
     history = MetricHistory(every=10, capacity=8)
     due = []
-    for n in (3, 3, 3, 3, 9, 1):
-        if history.add(n):
+    for n in (3, 3, 3, 3, 9, 1):  # as the publisher counts them
+        history.labels += n
+        if history.labels >= history.next_due:
             due.append(history.labels)
-            history.observe(history.labels, 0, 0.0, values(history.labels))
+            history.observe(history.labels, 0, 0.0, None, values(history.labels))
     assert due == [12, 21]
     assert history.labels == 22

@@ -38,3 +38,9 @@ def test_instance_statuses_name_their_fields():
         "dlq:bad_json": 1,
     }
     assert FeaturesStatus((0, 2), 5, 1, 4, 0, 0).fields()["partitions"] == "0,2"
+
+
+def test_a_learner_s_last_status_on_stopping_says_it_is_not_running():
+    assert LearnerStatus(role="active", updated_at=100.0).live(now=110.0)
+    assert not LearnerStatus(role="stopped", updated_at=100.0).live(now=110.0)
+    assert not LearnerStatus(role="active", updated_at=100.0).live(now=131.0)

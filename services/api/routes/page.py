@@ -14,6 +14,7 @@ from services.api.page_html import render_page
 from services.api.routes.history import read_history
 from services.api.routes.models import read_model_state, read_versions
 from services.api.routes.rollout import read_rollout
+from shared.served_versions import read_served
 
 router = APIRouter()
 
@@ -25,10 +26,14 @@ def page_data(ctx: Context, pipeline: str) -> m.PageData:
     known_pipeline(ctx, pipeline)
     names = ctx.reader.models(pipeline)
     status = ctx.reader.status(pipeline)
+    spec = ctx.reader.spec(pipeline) or {}
     return m.PageData(
         pipeline=pipeline,
         read_at=time.time(),
         running=ctx.reader.learner_running(status),
+        champion=spec.get("champion"),
+        serving_by=str((spec.get("serving") or {}).get("by", "learner")),
+        scorers=read_served(ctx.reader.client, pipeline),
         status=None if status is None else status.fields(),
         models=[read_model_state(ctx, pipeline, n) for n in names],
         history=read_history(ctx, pipeline),

@@ -122,6 +122,13 @@
 
   // --- the chart of one metric --------------------------------------------------------------
 
+  // 1, 2 or 5 times a power of ten, near `rough`: where an axis gets its ticks
+  function niceStep(rough) {
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    const f = rough / power;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * power;
+  }
+
   function chart(page, name, models, marks, id) {
     const points = page.history.points.filter((p) => models.some((m) => p.values[m] && name in p.values[m]));
     const W = 900, H = 300, L = 58, R = 30, T = 14, B = 34;
@@ -137,13 +144,14 @@
     const title = `${name} of each model over the stream`;
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": `${id}-title`, "aria-describedby": `${id}-table` },
       svg("title", { id: `${id}-title`, text: title }));
-    for (let i = 0; i <= 4; i++) {
-      const v = yMin + ((yMax - yMin) * i) / 4;
+    const yStep = niceStep((yMax - yMin) / 5);
+    const digits = Math.max(0, -Math.floor(Math.log10(yStep)));
+    for (let v = Math.ceil(yMin / yStep) * yStep; v <= yMax; v += yStep) {
       root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-      root.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", text: v.toFixed(3) }));
+      root.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", text: v.toFixed(digits) }));
     }
-    for (let i = 0; i <= 5; i++) {
-      const v = (xMax * i) / 5;
+    const xStep = niceStep(xMax / 6);
+    for (let v = 0; v <= xMax; v += xStep) {
       root.append(svg("text", { x: x(v), y: H - B + 16, "text-anchor": "middle", text: Math.round(v).toLocaleString("en-US") }));
     }
     root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
@@ -151,8 +159,8 @@
     root.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", text: "labels learned" }));
     for (const mk of marks) {
       if (mk.labels === null) continue;
-      const cls = `marker ${mk.kind === "drift reaction" ? "drift reaction" : mk.kind}`;
-      root.append(svg("g", { class: cls, "data-labels": mk.labels, "data-model": mk.model || "" },
+      // "drift reaction": both classes
+      root.append(svg("g", { class: `marker ${mk.kind}`, "data-labels": mk.labels, "data-model": mk.model || "" },
         svg("title", { text: `${mk.what} at ${mk.at}` }),
         svg("line", { x1: x(mk.labels), x2: x(mk.labels), y1: T, y2: H - B })));
     }
@@ -164,15 +172,17 @@
       const g = svg("g", { class: "series", "data-model": m, stroke: color, fill: color, "stroke-width": width });
       g.append(svg("polyline", { points: own.map((p) => `${x(p.labels).toFixed(1)},${y(p.values[m][name]).toFixed(1)}`).join(" ") }));
       for (const p of own) {
-        g.append(svg("circle", { cx: x(p.labels).toFixed(1), cy: y(p.values[m][name]).toFixed(1), r: 2.2, "data-labels": p.labels, "data-value": p.values[m][name] }));
+        g.append(svg("circle", { cx: x(p.labels).toFixed(1), cy: y(p.values[m][name]).toFixed(1), r: own.length > 150 ? 1.2 : 1.8, "data-labels": p.labels, "data-value": p.values[m][name] }));
       }
       root.append(g);
     });
+    const shown = new Set(marks.filter((mk) => mk.labels !== null).map((mk) => mk.kind));
     const legend = el("ul", { class: "legend" },
       models.map((m, i) => el("li", {}, el("i", { style: `background:${COLORS[i % COLORS.length]}` }), m)),
-      el("li", {}, el("i", { class: "dash", style: "color:#b3261e" }), "drift"),
-      el("li", {}, el("i", { style: "background:#2e7d32" }), "rollout decision"),
-      el("li", {}, el("i", { class: "dash", style: "color:#6a1b9a" }), "checkpoint rollback"));
+      shown.has("drift") ? el("li", {}, el("i", { class: "dash", style: "color:#b3261e" }), "drift alert") : null,
+      shown.has("drift reaction") ? el("li", {}, el("i", { class: "dash", style: "color:#d35400" }), "drift alert the learner reacted to") : null,
+      shown.has("rollout") ? el("li", {}, el("i", { style: "background:#2e7d32" }), "rollout decision") : null,
+      shown.has("checkpoint") ? el("li", {}, el("i", { class: "dash", style: "color:#6a1b9a" }), "checkpoint rollback") : null);
     const table = el("table", { class: "chart-data", id: `${id}-table` },
       el("caption", { text: `${title}: the values plotted` }),
       el("thead", {}, el("tr", {}, el("th", { text: "labels" }), el("th", { text: "events" }), el("th", { text: "event time" }), models.map((m) => el("th", { text: m })))),
@@ -212,10 +222,25 @@
         overall.map((n) => el("th", { text: n })), rolling.map((n) => el("th", { text: n })),
         el("th", { text: "drift alerts" }), el("th", { text: "version" }))),
       el("tbody", {}, page.models.map((m) => el("tr", { "data-model": m.model },
-        el("td", { text: m.model }), el("td", { text: roles[m.model] || (m.spec && m.spec.champion ? "champion" : "—") }), el("td", { text: m.learning }),
+        el("td", { text: m.model }), el("td", { text: roles[m.model] || (m.model === page.champion ? "champion" : "—") }), el("td", { text: m.learning }),
         overall.map((n) => el("td", { class: "num", text: metric(m.metrics.overall[n]) })),
         rolling.map((n) => el("td", { class: "num", text: metric(m.metrics.rolling[n]) })),
         el("td", { class: "num", text: count(m.drift.alerts) }), el("td", { class: "num", text: m.version === null ? "—" : `v${m.version}` })))));
+  }
+
+  function servingPart(page, now) {
+    const newest = page.versions.length ? `v${page.versions[0].version}` : "none yet";
+    const replicas = Object.entries(page.scorers).sort();
+    return el("div", {},
+      el("ul", { class: "facts" },
+        el("li", {}, el("span", { text: "predictions published by " }), page.serving_by),
+        el("li", {}, el("span", { text: "newest model version " }), newest)),
+      replicas.length
+        ? el("table", { class: "scorers" }, el("caption", { text: "Scorer replicas and the version each serves" }),
+          el("thead", {}, el("tr", {}, ["replica", "serves", "pinned", "told"].map((h) => el("th", { text: h })))),
+          el("tbody", {}, replicas.map(([name, s]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: `v${s.version}` }),
+            el("td", { text: s.pinned ? "yes" : "no" }), el("td", { text: ago(s.at, now) })))))
+        : el("p", { text: page.serving_by === "scorers" ? "No scorer replica is running (headwater run scorer SPEC)." : "The learner serves: no scorer replicas." }));
   }
 
   function rolloutPart(page) {
@@ -228,8 +253,7 @@
         el("li", {}, el("span", { text: "champion " }), routing.champion),
         el("li", {}, el("span", { text: "challenger " }), routing.challenger || "—"),
         routing.policy === "canary" ? el("li", {}, el("span", { text: "share " }), String(routing.share)) : null,
-        el("li", {}, el("span", { text: "phase " }), String(r.state.phase)),
-        el("li", {}, el("span", { text: "served version " }), page.status ? `v${page.status.model_version}` : "—")),
+        el("li", {}, el("span", { text: "phase " }), String(r.state.phase))),
       r.decisions.length
         ? el("table", {}, el("caption", { text: "Decisions, newest first" }),
           el("thead", {}, el("tr", {}, ["seq", "decision", "by", "champion", "challenger", "at event"].map((h) => el("th", { text: h })))),
@@ -323,6 +347,7 @@
       section.append(notice(st && st.updated_at ? `The learner is not running: its last status was written ${ago(st.updated_at, now)}.` : "No learner has run for this pipeline yet."));
     }
     section.append(el("h3", { text: "Models" }), page.models.length ? modelsTable(page) : el("p", { text: "No models known yet." }));
+    section.append(el("h3", { text: "Serving" }), servingPart(page, now));
     section.append(el("h3", { text: "Rollout" }), rolloutPart(page));
     const marks = markers(page);
     const points = page.history.points;
