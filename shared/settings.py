@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         ge=1,
         description="The learner keeps each model's metrics every this many labels (the "
         "pipeline page's curves; the spacing doubles when 512 points are kept). A point "
-        "reads every rolling metric: at 1000 it costs the learner about 8% of its throughput.",
+        "reads every rolling metric, replaying its window: a larger spacing costs less.",
     )
     redis_retry_s: float = Field(
         10.0,

@@ -402,6 +402,11 @@ class LearnerService:
         """The metrics' series, for the API, when it gained a point since the last write."""
         points = self.publisher.history.points
         mark = (len(points), points[-1].labels if points else 0)
-        if mark != self._history_written:
+        if mark == self._history_written:
+            return
+        try:
             self._redis.set(self._history_key, json.dumps(self.publisher.history.to_wire()))
-            self._history_written = mark
+        except redis.RedisError as exc:  # as the status: a blip must not stop the stream
+            log.warning("metric history not written", extra={"fields": {"error": str(exc)}})
+            return
+        self._history_written = mark
