@@ -25,8 +25,8 @@ from shared.stack.local_stack import pipeline_topics
 from shared.stack.processes import ManagedProcess, free_port, wait_for_port
 
 from .conftest import ROOT, headwater
-from .test_kafka_broker import fresh_pipeline, learner_status, stop_all, wait
-from .test_rollout import DRIFT_AT, PIPELINE, SPEC, env_of, produce, sea_events
+from .test_kafka_broker import fresh_pipeline, stop_all, wait
+from .test_rollout import DRIFT_AT, PIPELINE, SPEC, env_of, produce, sea_events, wait_learned
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600, method="thread")]
 
@@ -77,14 +77,7 @@ def test_the_page_and_the_report_show_each_model_and_the_drift(stack, browser, t
         "api", [sys.executable, "-m", "services.cli.main", "api", "--port", str(port)], env=env
     )
     try:
-        wait(
-            lambda: (
-                learner_status(settings, PIPELINE).get(b"labels_learned")
-                == str(len(events)).encode()
-            ),
-            "the learner to learn every label",
-            procs,
-        )
+        wait_learned(settings, len(events), procs)
         alerts = AlertStore(redis_client(settings), PIPELINE)
         wait(lambda: bool(alerts.latest(10)), "a drift alert from the monitor", procs, 120)
         assert wait_for_port(port, 30)
@@ -178,11 +171,7 @@ def learn(settings, events, upto: int, logs) -> None:
     env = {**env_of(settings), "HEADWATER_HISTORY_EVERY": "500"}
     procs = {"learner": start_service("learner", SPEC, env)}
     try:
-        wait(
-            lambda: learner_status(settings, PIPELINE).get(b"labels_learned") == str(upto).encode(),
-            f"the learner to learn {upto} labels",
-            procs,
-        )
+        wait_learned(settings, upto, procs)
     finally:
         codes = stop_all(procs, logs)
     assert codes == {"learner": 0}

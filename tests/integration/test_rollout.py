@@ -91,14 +91,7 @@ def run_learner(stack, run: str, events: list[Event], logs: Path) -> tuple[list[
     produce(settings, events)
     procs = {"learner": start_service("learner", SPEC, env_of(settings))}
     try:
-        wait(
-            lambda: (
-                learner_status(settings, PIPELINE).get(b"labels_learned")
-                == str(len(events)).encode()
-            ),
-            "the learner to learn every label",
-            procs,
-        )
+        wait_learned(settings, len(events), procs)
         wait(lambda: decided(settings) >= 1, "a decision in the rollout state", procs, timeout=30)
         decisions = model_events(settings, decided(settings))
         records = read_until(
@@ -114,6 +107,15 @@ def run_learner(stack, run: str, events: list[Event], logs: Path) -> tuple[list[
         stop_all(procs, logs / run)
     served, _ = dedupe_by_lineage(records)
     return decisions, served
+
+
+def wait_learned(settings: Settings, n: int, procs: dict) -> None:
+    """Until the learner's status says it has learned `n` labels."""
+    wait(
+        lambda: learner_status(settings, PIPELINE).get(b"labels_learned") == str(n).encode(),
+        f"the learner to learn {n} labels",
+        procs,
+    )
 
 
 def replayable(decision: dict) -> dict:
@@ -184,11 +186,7 @@ def test_a_shadow_served_by_scorers_stays_off_the_predictions_topic_and_operator
     url = f"http://127.0.0.1:{port}"
     try:
         produce(settings, events)
-        wait(
-            lambda: learner_status(settings, PIPELINE).get(b"labels_learned") == str(n).encode(),
-            "the learner to learn every label",
-            procs,
-        )
+        wait_learned(settings, n, procs)
         topics = settings.topics
         served = read_until(
             settings.kafka_bootstrap,
