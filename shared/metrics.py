@@ -88,6 +88,11 @@ class BulkHistogram(Collector):
         with self._lock:
             return sum(self._counts)
 
+    def totals(self) -> tuple[float, int]:
+        """The sum and the number of the observations so far."""
+        with self._lock:
+            return self._sum, sum(self._counts)
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             counts, total = list(self._counts), self._sum

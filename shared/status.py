@@ -46,6 +46,9 @@ class LearnerStatus:
     labels_learned: int = 0
     labels_unmatched: int = 0
     pending: int = 0  # predictions waiting for their label
+    # the mean events scored between a prediction and its label (0: inline), over the
+    # labels learned since the status before (the last known when none came since)
+    label_lag_events: float = 0.0
     expired_defaulted: int = 0
     expired_unlabelled: int = 0
     paused: tuple[str, ...] = ()  # models an operator paused
@@ -88,7 +91,8 @@ class LearnerStatus:
             elif f.name == "paused":
                 values["paused"] = tuple(m for m in text["paused"].split(",") if m)
             else:
-                number = _number(text[f.name], float if f.name == "updated_at" else int)
+                kind = float if f.name in ("updated_at", "label_lag_events") else int
+                number = _number(text[f.name], kind)
                 if number is not None:
                     values[f.name] = number
         metrics: dict[str, dict[str, float]] = {}

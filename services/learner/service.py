@@ -149,6 +149,7 @@ class LearnerService:
         self._redis = store.client
         self._history_key = PipelineKeys(fresh.pipeline).learner_history
         self._history_written = (0, 0)
+        self._label_lag = (0.0, 0, 0.0)  # the label-lag histogram's sum and count, the mean
         self._gc_thresholds: tuple[int, int, int] | None = None
 
     @property
@@ -386,6 +387,7 @@ class LearnerService:
                 self.metrics.rollout_agreement.set(rollout["agreement"])
         record = LearnerStatus(
             role=self.role,
+            label_lag_events=self._recent_label_lag(),
             dead_letters=self.publisher.dead_letters.sent,
             assigned_partitions=len(self.consumer.assignment),
             metrics=metric_values(self.publisher.model_metrics),
@@ -397,6 +399,16 @@ class LearnerService:
                 self.metrics.model_metric.labels(model, name).set(value)
         self.status.write(record.fields())
         self._write_history()
+
+    def _recent_label_lag(self) -> float:
+        """Mean events between a prediction and its label, over the labels since the last
+        status (the last known mean when none came)."""
+        total, count = self.metrics.label_lag.totals()
+        last_total, last_count, mean = self._label_lag
+        if count > last_count:
+            mean = (total - last_total) / (count - last_count)
+        self._label_lag = (total, count, mean)
+        return mean
 
     def _write_history(self) -> None:
         """The metrics' series, for the API, when it gained a point since the last write."""

@@ -30,6 +30,11 @@ def headwater_children() -> set[str]:
     }
 
 
+def report_data(report) -> dict:
+    """The data a report embeds for its page."""
+    return json.loads(re.search(r'id="headwater-data">(.*?)</script>', report.read_text()).group(1))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["tansu", "kafka"])
 def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker, tmp_path):
@@ -43,8 +48,7 @@ def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker, tmp_pa
     assert re.search(r"^Pipeline page: http://127\.0\.0\.1:\d+/ui$", result.stdout, re.M)
     assert f"Report: {report} (" in result.stdout
     # the page as it was at the end: each model's curve, about 100 points over the stream
-    data = json.loads(re.search(r'id="headwater-data">(.*?)</script>', report.read_text()).group(1))
-    page = data["pipelines"]["phishing"]
+    page = report_data(report)["pipelines"]["phishing"]
     points = page["history"]["points"]
     assert page["running"] is False  # the learner had stopped
     assert 90 <= len(points) <= 110
@@ -54,8 +58,9 @@ def test_demo_prints_rivers_accuracy_and_leaves_no_process_behind(broker, tmp_pa
 
 
 @pytest.mark.slow
-def test_demo_with_labels_on_the_labels_topic_matches_river_delay():
-    result = headwater("demo", "--label-delay", "100", timeout=240)
+def test_demo_with_labels_on_the_labels_topic_matches_river_delay(tmp_path):
+    report = tmp_path / "demo.html"
+    result = headwater("demo", "--label-delay", "100", "--report", str(report), timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
     river = evaluate.progressive_val_score(
@@ -64,6 +69,9 @@ def test_demo_with_labels_on_the_labels_topic_matches_river_delay():
     assert str(river) == "Accuracy: 85.92%"
     assert f"\n{river}\n" in result.stdout
     assert "Labels sent on the labels topic: 1250" in result.stdout
+    # the page's label lag: each label came 100 events after its event
+    status = report_data(report)["pipelines"]["phishing"]["status"]
+    assert 95 <= status["label_lag_events"] <= 105, status
 
 
 @pytest.mark.slow

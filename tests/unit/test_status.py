@@ -44,3 +44,9 @@ def test_a_learner_s_last_status_on_stopping_says_it_is_not_running():
     assert LearnerStatus(role="active", updated_at=100.0).live(now=110.0)
     assert not LearnerStatus(role="stopped", updated_at=100.0).live(now=110.0)
     assert not LearnerStatus(role="active", updated_at=100.0).live(now=131.0)
+
+
+def test_the_label_lag_is_a_fraction_of_events():
+    status = LearnerStatus(role="active", label_lag_events=12.5)
+    raw = {k.encode(): str(v).encode() for k, v in status.fields().items()}
+    assert LearnerStatus.parse(raw) == status

@@ -268,7 +268,8 @@
     const facts = [];
     if (st) {
       facts.push(["events seen", count(st.events_seen)], ["labels learned", count(st.labels_learned)],
-        ["pending labels", count(st.pending)], ["events without a label yet", count(Math.max(0, st.events_seen - st.labels_learned))],
+        ["pending labels", count(st.pending)],
+        ["label lag (events between a prediction and its label, mean of the latest)", st.label_lag_events === undefined ? "—" : Number(st.label_lag_events).toFixed(1)],
         ["dead letters", count(st.dead_letters)]);
     }
     const prev = state.previous[page.pipeline];
