@@ -388,7 +388,10 @@
 
   async function refresh() {
     try {
-      render(await fetchAll());
+      const data = await fetchAll();
+      // not under an open list of models: a re-render would close it (the next one comes)
+      if (document.activeElement && document.activeElement.tagName === "SELECT" && app.contains(document.activeElement)) return;
+      render(data);
     } catch (e) {
       mode.textContent = `Live: the last refresh failed ${when(Date.now() / 1000)}.`;
       app.replaceChildren(notice(`The API could not be read: ${e.message}. The page tries again every ${REFRESH_MS / 1000} s.`, true));
