@@ -21,7 +21,7 @@ from services.api.context import (
     known_pipeline,
 )
 from services.api.predictor import NoModelError
-from services.api.readers import parse_offsets, split_metrics
+from services.api.readers import PipelineView, parse_offsets, split_metrics
 from shared.checkpoint.codec import CheckpointFormatError, CheckpointTamperedError
 from shared.messages import MessageError
 from shared.messages.fields import feature_map
@@ -69,6 +69,11 @@ def read_model_state(ctx: Context, pipeline: str, model: str) -> m.ModelState:
     view = ctx.reader.view(pipeline)
     if view is None:
         raise ApiError(404, "unknown_pipeline", f"no pipeline {pipeline!r}")
+    return state_of_model(ctx, view, pipeline, model)
+
+
+def state_of_model(ctx: Context, view: PipelineView, pipeline: str, model: str) -> m.ModelState:
+    """One model's state from the pipeline's view (read once for all its models)."""
     if model not in view.models:
         raise ApiError(404, "unknown_model", f"pipeline {pipeline!r} has no model {model!r}")
     status, info = view.status, view.latest

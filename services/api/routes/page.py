@@ -9,10 +9,10 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from services.api import models as m
-from services.api.context import ERRORS, Context, Ctx, PipelineName, known_pipeline
+from services.api.context import ERRORS, ApiError, Context, Ctx, PipelineName
 from services.api.page_html import render_page
 from services.api.routes.history import read_history
-from services.api.routes.models import read_model_state, read_versions
+from services.api.routes.models import read_versions, state_of_model
 from services.api.routes.rollout import read_rollout
 from shared.served_versions import read_served
 
@@ -22,20 +22,22 @@ ALERTS_SHOWN = 500  # the newest drift alerts a page marks on its charts
 
 
 def page_data(ctx: Context, pipeline: str) -> m.PageData:
-    """Everything the page draws for one pipeline, from the same reads as the JSON routes."""
-    known_pipeline(ctx, pipeline)
-    names = ctx.reader.models(pipeline)
-    status = ctx.reader.status(pipeline)
-    spec = ctx.reader.spec(pipeline) or {}
+    """Everything the page draws for one pipeline, from the same reads as the JSON routes
+    (the pipeline's view read once, for all its models)."""
+    view = ctx.reader.view(pipeline)
+    if view is None:
+        raise ApiError(404, "unknown_pipeline", f"no pipeline {pipeline!r}")
+    names = view.models
+    spec = view.spec or {}
     return m.PageData(
         pipeline=pipeline,
         read_at=time.time(),
-        running=ctx.reader.learner_running(status),
+        running=ctx.reader.learner_running(view.status),
         champion=spec.get("champion"),
         serving_by=str((spec.get("serving") or {}).get("by", "learner")),
         scorers=read_served(ctx.reader.client, pipeline),
-        status=None if status is None else status.fields(),
-        models=[read_model_state(ctx, pipeline, n) for n in names],
+        status=None if view.status is None else view.status.fields(),
+        models=[state_of_model(ctx, view, pipeline, n) for n in names],
         history=read_history(ctx, pipeline),
         alerts=ctx.reader.alerts(pipeline, ALERTS_SHOWN),
         rollout=read_rollout(ctx, pipeline, 100),
